@@ -1,0 +1,1 @@
+"""Named offline data assets (text, MNIST, ...) and calibration batches."""

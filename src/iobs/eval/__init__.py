@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, accuracy, agreement with the dense model."""

@@ -1,0 +1,1 @@
+"""Named offline model assets and loaders for Hugging Face ids and local paths."""

@@ -1,0 +1,1 @@
+"""Math kernels shared by sparse recovery and layer pruning: masks, OBS projections, layer solvers."""

@@ -1,0 +1,59 @@
+"""Sparsity masks. ``True`` = kept. Ties are broken deterministically (lower index kept first)."""
+
+from __future__ import annotations
+
+import torch
+
+from iobs._validate import check_k, check_sparsity, n_pruned, parse_nm
+
+
+def _keep_largest(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask over the last dim keeping the ``k`` largest scores (stable: ties keep lower index)."""
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if k <= 0:
+        return mask
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :k]
+    return mask.scatter_(-1, order, True)
+
+
+def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Support of T_k: keep the ``k`` entries of largest ``score`` over the whole tensor."""
+    k = check_k(k, score.numel())
+    return _keep_largest(score.reshape(-1), k).reshape(score.shape)
+
+
+def hard_threshold(theta: torch.Tensor, k: int) -> torch.Tensor:
+    """T_k(theta): keep the k entries of largest magnitude, zero the rest."""
+    return theta * topk_mask(theta.abs(), k)
+
+
+def row_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest scores in every row (last dim) independently."""
+    k = check_k(k, score.shape[-1])
+    return _keep_largest(score, k)
+
+
+def sparsity_mask(score: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
+    """Prune floor(s * n) lowest-score entries, over the whole tensor or in every row."""
+    s = check_sparsity(sparsity)
+    if per_row:
+        n = score.shape[-1]
+        return _keep_largest(score, n - n_pruned(s, n))
+    n = score.numel()
+    return _keep_largest(score.reshape(-1), n - n_pruned(s, n)).reshape(score.shape)
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """N:M mask along the last dim: in every group of ``m`` consecutive entries keep the ``n`` largest."""
+    n, m = parse_nm((n, m))
+    cols = score.shape[-1]
+    if cols % m:
+        raise ValueError(f"row length {cols} is not divisible by M={m} of the {n}:{m} pattern")
+    groups = score.reshape(*score.shape[:-1], cols // m, m)
+    return _keep_largest(groups, n).reshape(score.shape)
+
+
+def check_nm(mask: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of ``m`` consecutive entries (last dim) keeps at most ``n``."""
+    groups = mask.reshape(*mask.shape[:-1], mask.shape[-1] // m, m)
+    return bool((groups.sum(-1) <= n).all())

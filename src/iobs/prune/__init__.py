@@ -1,0 +1,1 @@
+"""Everything that knows about torch.nn.Module: layer discovery, Hessians, model walks, I-OBS loop."""

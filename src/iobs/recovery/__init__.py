@@ -1,0 +1,1 @@
+"""Sparse recovery: objectives, the I-OBS family of solvers, problem generators, estimators."""

@@ -1,0 +1,1 @@
+"""The paper's figures and tables, scaled to this machine (``iobs reproduce ...``)."""
