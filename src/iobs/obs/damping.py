@@ -1,0 +1,111 @@
+"""Damping of a layer Hessian and the factorisations of its inverse that the OBS solvers use.
+
+H = X Xᵀ (d_in × d_in) is positive semidefinite and often singular (few tokens, dead inputs).
+The solvers work with the damped Hessian
+
+    H_λ = H + λ I,   λ = percdamp · mean(diag H)            (SparseGPT's rule, percdamp = 0.01)
+
+Dead inputs (H_jj == 0: input feature j is zero on every calibration token) are treated as SparseGPT
+treats them: H_jj := 1 before damping, and the solvers zero W[:, j]. That costs nothing on the
+calibration data (those inputs are always zero) and decouples j from every other input, so it
+cannot disturb the other columns.
+
+When the Cholesky factorisation of H_λ (or of its inverse) fails, λ is multiplied by 10 and the step
+is logged at WARNING level, up to ``max_escalations`` times; after that a ValueError names the layer.
+There is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from iobs._validate import check_finite
+
+logger = logging.getLogger(__name__)
+
+MAX_ESCALATIONS = 6
+
+
+def dead_inputs(H: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of dead inputs: diag(H) == 0."""
+    return torch.diagonal(H) == 0
+
+
+def damped(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, float]:
+    """Return (H_λ, λ): a copy of H with dead diagonal entries set to 1, plus λ I, λ = percdamp·mean(diag)."""
+    Hd = H.clone()
+    diag = torch.diagonal(Hd)
+    diag[diag == 0] = 1
+    lam = float(percdamp) * float(diag.mean())
+    diag += lam
+    return Hd, lam
+
+
+def _check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
+    if H.dim() != 2 or H.shape[0] != H.shape[1]:
+        raise ValueError(f"{name} must be a square (d_in, d_in) matrix, got shape {tuple(H.shape)}")
+    check_finite(name, H)
+    if not (percdamp >= 0 and percdamp < float("inf")):
+        raise ValueError(f"percdamp must be a finite number >= 0, got {percdamp!r}")
+    if bool((torch.diagonal(H) < 0).any()):
+        raise ValueError(f"{name} has negative diagonal entries; it must be X Xᵀ (positive semidefinite)")
+
+
+def _factor(H: torch.Tensor, percdamp: float, name: str, max_escalations: int, upper_of_inverse: bool):
+    """Escalation loop shared by both factorisations: returns (Hinv or its upper Cholesky factor, λ)."""
+    _check_hessian(H, name, percdamp)
+    base, lam = damped(H, 0.0)
+    scale = float(torch.diagonal(base).mean())
+    lam = float(percdamp) * scale
+    eye = torch.arange(H.shape[0], device=H.device)
+    for attempt in range(max_escalations + 1):
+        Hd = base.clone()
+        Hd[eye, eye] += lam
+        L, info = torch.linalg.cholesky_ex(Hd)
+        out = None
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            if not upper_of_inverse:
+                out = Hinv
+            else:
+                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+                if int(info) == 0:
+                    out = U
+        if out is not None and bool(torch.isfinite(out).all()):
+            return out, lam
+        if attempt == max_escalations:
+            break
+        new = lam * 10 if lam > 0 else 1e-6 * scale
+        logger.warning(
+            "%s: Cholesky failed at damping %.3g (%.3g x mean diag); retrying with %.3g",
+            name,
+            lam,
+            lam / scale,
+            new,
+        )
+        lam = new
+    raise ValueError(
+        f"{name}: Cholesky of the damped Hessian failed even at damping {lam:.3g} "
+        f"({lam / scale:.3g} x mean(diag H)) after {max_escalations} escalations (x10 each); "
+        f"the Hessian is not positive semidefinite or is badly scaled (increase percdamp or check the inputs)"
+    )
+
+
+def inverse_cholesky(
+    H: torch.Tensor, percdamp: float = 0.01, *, name: str = "H", max_escalations: int = MAX_ESCALATIONS
+) -> tuple[torch.Tensor, float]:
+    """Upper-triangular U with Uᵀ U = H_λ⁻¹ (SparseGPT's Hinv), and the λ actually used.
+
+    Row i of U restricted to columns ≥ i is the i-th row of the inverse of H_λ restricted to
+    inputs i.., scaled by 1/sqrt([·]⁻¹_ii): exactly what sequential column-by-column OBS needs.
+    """
+    return _factor(H, percdamp, name, max_escalations, upper_of_inverse=True)
+
+
+def damped_inverse(
+    H: torch.Tensor, percdamp: float = 0.01, *, name: str = "H", max_escalations: int = MAX_ESCALATIONS
+) -> tuple[torch.Tensor, float]:
+    """H_λ⁻¹ through Cholesky (with the same escalation), and the λ actually used."""
+    return _factor(H, percdamp, name, max_escalations, upper_of_inverse=False)

@@ -1,0 +1,148 @@
+"""One entry point for pruning a linear layer: ``prune_layer(W, H, method, sparsity | pattern)``.
+
+W is (d_out, d_in) with rows = outputs; H = X Xᵀ summed over calibration tokens (no scaling), X of
+shape (d_in, N). Every method takes the same H (Wanda uses ‖X_j‖₂ = sqrt(H_jj); magnitude uses H only
+for the reported error). The reported error is the layer reconstruction error
+
+    ‖W X − Ŵ X‖_F² = tr((W − Ŵ) H (W − Ŵ)ᵀ)
+
+with the undamped H. Work is done in float32, or float64 when W is float64 (H is cast to match);
+Ŵ is returned in W's dtype and on W's device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from iobs._validate import check_finite, check_int_range, check_sparsity, parse_nm
+
+METHODS = ("sparsegpt", "obc", "wanda", "magnitude")
+
+
+@dataclass
+class LayerResult:
+    """Pruned weights, mask (True = kept), ‖(W−Ŵ)X‖², absolute damping λ used (0 if none), timing."""
+
+    W: torch.Tensor
+    mask: torch.Tensor
+    error: float
+    damping: float
+    method: str
+    seconds: float
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weights the mask prunes."""
+        return 1.0 - float(self.mask.sum()) / self.mask.numel()
+
+
+def layer_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """tr((W − Ŵ) H (W − Ŵ)ᵀ) = ‖(W − Ŵ) X‖_F² for H = X Xᵀ."""
+    D = (W - W_hat).to(H.dtype)
+    return float(((D @ H) * D).sum())
+
+
+def _work_dtype(W: torch.Tensor) -> torch.dtype:
+    return torch.float64 if W.dtype == torch.float64 else torch.float32
+
+
+def _check_args(W, H, method, sparsity, pattern, blocksize, percdamp):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    for nm_, t in (("W", W), ("H", H)):
+        if not torch.is_tensor(t):
+            raise TypeError(f"{nm_} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{nm_} must be a floating-point tensor, got dtype {t.dtype}")
+    if W.dim() != 2:
+        raise ValueError(f"W must be a 2-D (d_out, d_in) matrix, got shape {tuple(W.shape)}")
+    d_in = W.shape[1]
+    if tuple(H.shape) != (d_in, d_in):
+        raise ValueError(
+            f"H must have shape (d_in, d_in) = ({d_in}, {d_in}) for W of shape "
+            f"{tuple(W.shape)}, got {tuple(H.shape)}"
+        )
+    if (sparsity is None) == (pattern is None):
+        raise ValueError(
+            "give exactly one of sparsity (a fraction in [0, 1)) or pattern (e.g. '2:4'), "
+            f"got sparsity={sparsity!r}, pattern={pattern!r}"
+        )
+    nm = None
+    if pattern is not None:
+        nm = parse_nm(pattern)
+        if d_in % nm[1]:
+            raise ValueError(
+                f"pattern {nm[0]}:{nm[1]} needs the row length (d_in) divisible by M={nm[1]}, got d_in={d_in}"
+            )
+    else:
+        sparsity = check_sparsity(sparsity)
+    check_int_range("blocksize", blocksize, 1, 1 << 30)
+    try:
+        percdamp = float(percdamp)
+    except (TypeError, ValueError):
+        raise TypeError(f"percdamp must be a number >= 0, got {percdamp!r}") from None
+    if not (0 <= percdamp < float("inf")):
+        raise ValueError(f"percdamp must be a finite number >= 0, got {percdamp!r}")
+    check_finite("W", W)
+    check_finite("H", H)
+    return sparsity, nm, percdamp
+
+
+def prune_layer(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    method: str = "sparsegpt",
+    sparsity: float | None = None,
+    pattern: str | tuple[int, int] | None = None,
+    *,
+    per_row: bool = False,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    name: str = "H",
+) -> LayerResult:
+    """Prune one layer. Exactly one of ``sparsity`` (fraction pruned, floor(s·n) weights per layer, or per
+    row with ``per_row``) and ``pattern`` (N:M, keep N of every M consecutive inputs) must be given.
+
+    ``blocksize`` and ``percdamp`` (λ = percdamp·mean(diag H)) apply to sparsegpt and obc; ``name``
+    labels the layer in damping warnings and errors.
+    """
+    sparsity, nm, percdamp = _check_args(W, H, method, sparsity, pattern, blocksize, percdamp)
+    t0 = time.perf_counter()
+    dtype = _work_dtype(W)
+    Wf = W.to(dtype)
+    Hf = H.to(device=W.device, dtype=dtype)
+    lam = 0.0
+    if nm is None and sparsity == 0.0:
+        W_hat, mask = Wf.clone(), torch.ones_like(Wf, dtype=torch.bool)
+    elif method == "sparsegpt":
+        from iobs.obs.sparsegpt import sparsegpt
+
+        W_hat, mask, lam = sparsegpt(
+            Wf, Hf, sparsity, nm, per_row=per_row, blocksize=blocksize, percdamp=percdamp, name=name
+        )
+    elif method == "obc":
+        from iobs.obs.obc import obc
+
+        W_hat, mask, lam = obc(Wf, Hf, sparsity, nm, per_row=per_row, percdamp=percdamp, name=name)
+    else:
+        from iobs.obs.scores import magnitude_mask, wanda_mask
+
+        if method == "wanda":
+            mask = wanda_mask(Wf, Hf, sparsity, nm, per_row=per_row)
+        else:
+            mask = magnitude_mask(Wf, sparsity, nm, per_row=per_row)
+        W_hat = Wf * mask
+    error = layer_error(Wf, W_hat, Hf)
+    if W.is_cuda:
+        torch.cuda.synchronize(W.device)
+    return LayerResult(
+        W=W_hat.to(W.dtype),
+        mask=mask,
+        error=error,
+        damping=lam,
+        method=method,
+        seconds=time.perf_counter() - t0,
+    )
