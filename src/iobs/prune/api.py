@@ -1,0 +1,174 @@
+"""``prune(config)``: load a causal LM, draw calibration ids, walk it, evaluate, save; return the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from iobs.prune.checkpoint import check_output_dir, peak_memory, save_checkpoint, state_dir_for
+from iobs.prune.config import PruneConfig
+from iobs.prune.report import summarize
+from iobs.prune.sequential import prune_decoder
+from iobs.utils import environment, resolve_device
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def load(name: str, dtype: torch.dtype):
+    """(model, tokenizer) for a tiny test model (``tiny-llama`` ...) or anything that
+    :func:`iobs.models.load_model` knows (named offline assets, local folders, Hugging Face ids)."""
+    if name.startswith("tiny-"):
+        from iobs.models.tiny import load_tiny
+
+        return load_tiny(name, dtype=dtype)
+    from iobs.models import load_model
+
+    return load_model(name, device="cpu", dtype=dtype)
+
+
+def calibration_ids(config: PruneConfig, tokenizer, vocab_size: int) -> torch.Tensor:
+    """(nsamples, seqlen) ids: ``calib="random"`` draws uniform ids (tokenizer-free), anything else goes to
+    :func:`iobs.data.calibration.calibration_batch`."""
+    if config.calib == "random":
+        from iobs.models.tiny import random_ids
+
+        return random_ids(config.nsamples, config.seqlen, vocab=vocab_size, seed=config.seed)
+    from iobs.data.calibration import calibration_batch
+
+    return calibration_batch(
+        tokenizer, source=config.calib, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed
+    )
+
+
+def evaluate(model, tokenizer, config: PruneConfig, device) -> dict:
+    """Perplexity on each of ``config.eval`` (same windows for dense and pruned runs)."""
+    from iobs.eval.perplexity import perplexity
+
+    out = {}
+    for data in config.eval:
+        out[data] = perplexity(
+            model,
+            tokenizer,
+            data=data,
+            seqlen=config.eval_seqlen or config.seqlen,
+            max_windows=config.eval_max_windows,
+            device=device,
+        )
+    return out
+
+
+def prune(config: PruneConfig, progress: bool = True, callback=None) -> dict:
+    """Run the whole pipeline for ``config``; returns the report (also written to ``out/report.json``)."""
+    return prune_model(config, progress, callback)[2]
+
+
+def prune_model(config: PruneConfig, progress: bool = True, callback=None):
+    """:func:`prune`, returning (pruned model, tokenizer, report).
+
+    With ``config.out`` set, finished blocks are persisted in ``OUT.state-<key>`` and a rerun of the
+    same configuration resumes after the last finished block; the state folder is removed once the
+    checkpoint is saved. ``callback(i, records)`` is passed to the walk (runs after each block).
+    """
+    config.validate()
+    t_start = time.perf_counter()
+    out = check_output_dir(config.out, config.overwrite) if config.out else None
+    dev = resolve_device(config.device)
+    timings = {}
+
+    t0 = time.perf_counter()
+    model, tokenizer = load(config.model, DTYPES[config.dtype])
+    timings["load_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = calibration_ids(config, tokenizer, vocab)
+    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < config.seqlen:
+        raise ValueError(
+            f"calibration source {config.calib!r} gave ids of shape {tuple(ids.shape)}; need "
+            f"nsamples={config.nsamples} sequences of seqlen={config.seqlen} tokens"
+        )
+    timings["calibration_s"] = time.perf_counter() - t0
+
+    state_dir, resumed = None, 0
+    if out is not None:
+        state_dir = state_dir_for(out, config.key())
+        manifest = state_dir / "state.json"
+        if not config.resume and state_dir.exists():
+            import shutil
+
+            shutil.rmtree(state_dir)
+        elif manifest.exists():
+            resumed = int(json.loads(manifest.read_text()).get("blocks_done", 0))
+
+    t0 = time.perf_counter()
+    records = prune_decoder(
+        model,
+        ids,
+        config.method,
+        config.sparsity,
+        config.pattern,
+        include=config.include,
+        exclude=config.exclude,
+        sequential=config.sequential,
+        progress=progress,
+        device=dev,
+        state_dir=state_dir,
+        state_key=f"{config.key()}:{config.model}",
+        callback=callback,
+        **config.layer_kwargs(),
+    )
+    timings["prune_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    evals = evaluate(model, tokenizer, config, dev) if config.eval else {}
+    timings["eval_s"] = time.perf_counter() - t0
+
+    report = {
+        "config": config.to_dict(),
+        "key": config.key(),
+        "seed": config.seed,
+        "environment": environment(),
+        "model": {
+            "name": config.model,
+            "class": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": config.dtype,
+        },
+        "calibration": {
+            "source": config.calib,
+            "nsamples": int(ids.shape[0]),
+            "seqlen": int(ids.shape[1]),
+            "tokens": int(ids.numel()),
+        },
+        "device": str(dev),
+        "resumed_blocks": resumed,
+        "summary": summarize(records),
+        "eval": evals,
+        "layers": records,
+        "timings": timings,
+    }
+    if out is not None:
+        t0 = time.perf_counter()
+        report["timings"]["total_s"] = time.perf_counter() - t_start  # before saving; save_s added below
+        report["memory"] = peak_memory()
+        save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
+        timings["save_s"] = time.perf_counter() - t0
+        if state_dir is not None:
+            import shutil
+
+            shutil.rmtree(state_dir, ignore_errors=True)
+        report["out"] = str(Path(out).absolute())
+    timings["total_s"] = time.perf_counter() - t_start
+    report["memory"] = peak_memory()
+    return model, tokenizer, report

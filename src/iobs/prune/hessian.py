@@ -1,0 +1,73 @@
+"""Layer Hessians from calibration inputs, accumulated by forward hooks: H = X Xᵀ = Σ_tokens x xᵀ.
+
+X has one column per token (Linear / GPT-2 Conv1D: every position of every sample) or per output
+position of a convolution (Conv2d: the unfolded input patch, ordered like weight.reshape(out, -1)).
+Streaming: each call adds its xᵀx and drops the activations; nothing but H (d_in × d_in) and the
+token count is kept. The sum is unscaled (no 2/n), so the layer error is tr((W − Ŵ) H (W − Ŵ)ᵀ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iobs.prune.layers import in_features
+
+
+def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's input as rows of X: (tokens, d_in), columns ordered like :func:`get_weight`'s W."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise ValueError(f"grouped convolutions (groups={module.groups}) have one Hessian per group")
+        if x.dim() == 3:  # unbatched (C, H, W)
+            x = x.unsqueeze(0)
+        padding = module.padding
+        if isinstance(padding, str) or module.padding_mode != "zeros":
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+            padding = 0
+        cols = F.unfold(
+            x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
+        )
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B * L, C * kh * kw)
+    return x.reshape(-1, x.shape[-1])
+
+
+class HessianAccumulator:
+    """Running H = Σ x xᵀ for one layer (``dtype``: float32 by default, float64 for float64 inputs)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype | None = None, device=None):
+        self.module = module
+        d = in_features(module)
+        w = module.weight
+        self.dtype = dtype or (torch.float64 if w.dtype == torch.float64 else torch.float32)
+        self.H = torch.zeros(d, d, dtype=self.dtype, device=device or w.device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        X = layer_inputs(self.module, x.detach()).to(self.H.device, self.dtype)
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("layer inputs contain NaN/Inf; the calibration forward pass diverged")
+        self.H.addmm_(X.t(), X)
+        self.tokens += X.shape[0]
+
+    def hook(self, module, args, output=None):
+        self.add(args[0])
+
+
+@contextlib.contextmanager
+def accumulate_hessians(
+    layers: dict[str, nn.Module], dtype: torch.dtype | None = None
+) -> Iterator[dict[str, HessianAccumulator]]:
+    """Forward pre-hooks that add every call's input to its layer's H; removed on exit."""
+    acc = {name: HessianAccumulator(m, dtype) for name, m in layers.items()}
+    handles = [m.register_forward_pre_hook(acc[name].hook) for name, m in layers.items()]
+    try:
+        yield acc
+    finally:
+        for h in handles:
+            h.remove()
