@@ -1,0 +1,74 @@
+import logging
+
+import pytest
+import torch
+
+from iobs.obs.damping import damped, damped_inverse, dead_inputs, inverse_cholesky
+
+
+def test_damped_adds_fraction_of_mean_diagonal_and_fixes_dead_inputs():
+    H = torch.diag(torch.tensor([4.0, 0.0, 2.0], dtype=torch.float64))
+    Hd, lam = damped(H, 0.1)
+    # dead entry set to 1 first, then λ = 0.1·mean(4, 1, 2)
+    assert lam == pytest.approx(0.1 * 7 / 3)
+    torch.testing.assert_close(Hd.diagonal(), torch.tensor([4.0, 1.0, 2.0], dtype=torch.float64) + lam)
+    assert H[1, 1] == 0  # input untouched
+    assert dead_inputs(H).tolist() == [False, True, False]
+
+
+def test_inverse_cholesky_factors_the_damped_inverse():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 5, generator=g, dtype=torch.float64)  # rank 5 < 10: singular H
+    H = X @ X.T
+    U, lam = inverse_cholesky(H, 0.01)
+    Hd, lam2 = damped(H, 0.01)
+    assert lam == pytest.approx(lam2)
+    assert torch.equal(U, U.triu())
+    torch.testing.assert_close(U.T @ U, torch.linalg.inv(Hd), rtol=1e-8, atol=1e-10)
+    Hinv, _ = damped_inverse(H, 0.01)
+    torch.testing.assert_close(Hinv, torch.linalg.inv(Hd), rtol=1e-8, atol=1e-10)
+
+
+def test_escalates_damping_with_warnings(caplog):
+    # an indefinite H: percdamp 1e-3 is not enough, 0.1 (two escalations x10) is
+    H = torch.tensor([[1.0, 1.05], [1.05, 1.0]], dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="iobs.obs.damping"):
+        U, lam = inverse_cholesky(H, 1e-3, name="layers.0.q_proj")
+    assert lam == pytest.approx(0.1)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("layers.0.q_proj" in r.getMessage() for r in warnings)
+    Hd = H + lam * torch.eye(2, dtype=torch.float64)
+    torch.testing.assert_close(U.T @ U, torch.linalg.inv(Hd))
+
+
+def test_zero_damping_escalates_from_a_small_fraction(caplog):
+    H = torch.ones(3, 3, dtype=torch.float64)  # rank 1, exactly singular
+    with caplog.at_level(logging.WARNING, logger="iobs.obs.damping"):
+        U, lam = inverse_cholesky(H, 0.0)
+    assert lam > 0 and len(caplog.records) >= 1
+    assert torch.isfinite(U).all()
+
+
+def test_fails_clearly_after_the_last_escalation():
+    H = torch.tensor([[1.0, 100.0], [100.0, 1.0]], dtype=torch.float64)  # eigenvalue -99
+    with pytest.raises(ValueError, match=r"blocks\.3\.fc1.*Cholesky.*escalations"):
+        inverse_cholesky(H, 1e-3, name="blocks.3.fc1", max_escalations=2)
+
+
+@pytest.mark.parametrize(
+    "H, match",
+    [
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "NaN/Inf"),
+        (torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), "NaN/Inf"),
+        (torch.ones(2, 3), "square"),
+        (torch.diag(torch.tensor([1.0, -1.0])), "negative diagonal"),
+    ],
+)
+def test_bad_hessians(H, match):
+    with pytest.raises(ValueError, match=match):
+        inverse_cholesky(H)
+
+
+def test_bad_percdamp():
+    with pytest.raises(ValueError, match="percdamp"):
+        inverse_cholesky(torch.eye(2), -0.1)
