@@ -1,0 +1,321 @@
+"""The OBS projection: the best way to zero a set of weights under a quadratic model.
+
+For a quadratic model q(θ) = (θ − θ⁺)ᵀ H (θ − θ⁺) and a kept set Q (``mask``, True = kept),
+S = [d] \\ Q, the exact OBS update is
+
+    θ_Q = θ⁺_Q + H_QQ⁻¹ H_QS θ⁺_S,   θ_S = 0,
+
+which equals (I − H⁻¹ Hˢ) θ⁺ of the paper but is computed with a Cholesky solve on H_QQ, never
+with H⁻¹. Its cost (the OBS saliency of S) is θ⁺_Sᵀ ([H⁻¹]_SS)⁻¹ θ⁺_S.
+
+Supports are chosen by
+* ``greedy_obs`` — OBC-style one-at-a-time removal with an explicit (well-conditioned) Hinv,
+  batched over rows, optionally under an N:M budget;
+* ``greedy_obs_lowrank`` — the same greedy rule for H = AᵀA + λI at any λ > 0, through the
+  n×n system (λI + A_R A_Rᵀ) while |R| > n (explicit d×d inverse downdates are wrong at small λ);
+* ``exact_support`` — enumeration of all C(d, k) supports (tiny d only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from iobs._validate import check_finite, check_k, check_shape, parse_nm
+
+#: ``exact_support`` refuses problems with more candidate supports than this.
+EXACT_MAX_SUPPORTS = 200_000
+
+
+# ----------------------------------------------------------------------------------------------
+# small linear-algebra helpers
+# ----------------------------------------------------------------------------------------------
+def cholesky_or_raise(M: torch.Tensor, name: str = "H") -> torch.Tensor:
+    """Lower Cholesky factor of (a batch of) SPD matrices, or a ValueError naming ``name``."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if bool((info != 0).any()):
+        raise ValueError(
+            f"{name} is not positive definite (Cholesky failed); use damping > 0 or a support with fewer "
+            "entries than the rank of the Hessian"
+        )
+    return L
+
+
+def spd_inverse(H: torch.Tensor, name: str = "H") -> torch.Tensor:
+    """H⁻¹ for SPD H via Cholesky (symmetric result)."""
+    Hinv = torch.cholesky_inverse(cholesky_or_raise(H, name))
+    return 0.5 * (Hinv + Hinv.transpose(-1, -2))
+
+
+def _as_rows(theta: torch.Tensor, mask: torch.Tensor | None, d: int):
+    if theta.dim() not in (1, 2):
+        raise ValueError(f"theta_plus must have shape (d,) or (r, d), got {tuple(theta.shape)}")
+    vec = theta.dim() == 1
+    rows = theta.unsqueeze(0) if vec else theta
+    check_shape("theta_plus", rows, (None, d))
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a boolean tensor (True = kept), got dtype {mask.dtype}")
+        m = mask.unsqueeze(0) if mask.dim() == 1 else mask
+        if m.shape[-1] != d or m.dim() != 2 or m.shape[0] not in (1, rows.shape[0]):
+            raise ValueError(f"mask must have shape (d,) or ({rows.shape[0]}, {d}), got {tuple(mask.shape)}")
+        mask = m.expand(rows.shape[0], d).to(rows.device)
+    return rows, mask, vec
+
+
+# ----------------------------------------------------------------------------------------------
+# exact OBS update for a chosen support
+# ----------------------------------------------------------------------------------------------
+def obs_project(
+    theta_plus: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """argmin over supp(θ) ⊆ Q of (θ − θ⁺)ᵀ H (θ − θ⁺): θ_Q = θ⁺_Q + H_QQ⁻¹ H_QS θ⁺_S, θ_S = 0.
+
+    ``theta_plus`` is (d,) or (r, d); ``mask`` (True = kept) is (d,) or (r, d) (per-row supports);
+    ``H`` (d, d) is shared. When all rows share one mask, one Cholesky factorisation of H_QQ serves all;
+    otherwise rows are solved as a batch (``chunk`` at a time) of d×d systems [H_QQ 0; 0 I].
+    """
+    check_shape("H", H, (H.shape[0], H.shape[0]))
+    d = H.shape[0]
+    rows, mask, vec = _as_rows(theta_plus, mask, d)
+    H = H.to(rows)
+    keep = mask.to(rows.dtype)
+    rhs = ((rows * (1 - keep)) @ H) * keep  # (H_QS θ⁺_S) on Q, 0 on S  (H symmetric)
+    eye = torch.eye(d, dtype=rows.dtype, device=rows.device)
+    if bool((mask == mask[:1]).all()):  # one shared support: one factorisation of H_QQ
+        u = keep[0]
+        L = cholesky_or_raise(
+            H * torch.outer(u, u) + torch.diag(1 - u), "H restricted to the kept support (H_QQ)"
+        )
+        out = (rows + torch.cholesky_solve(rhs.T, L).T) * u
+        return out.squeeze(0) if vec else out
+    out = torch.empty_like(rows)
+    for start in range(0, rows.shape[0], chunk):
+        u = keep[start : start + chunk]  # (c, d)
+        M = H * (u[:, :, None] * u[:, None, :]) + eye * (1 - u)[:, None, :]
+        L = cholesky_or_raise(M, "H restricted to the kept support (H_QQ)")
+        delta = torch.cholesky_solve(rhs[start : start + chunk, :, None], L).squeeze(-1)
+        out[start : start + chunk] = (rows[start : start + chunk] + delta) * u
+    return out.squeeze(0) if vec else out
+
+
+def obs_project_lowrank(
+    theta_plus: torch.Tensor, A: torch.Tensor, lam: float, mask: torch.Tensor
+) -> torch.Tensor:
+    """``obs_project`` for H = AᵀA + λI (A of shape (n, d)) without forming H when |Q| > n.
+
+    H_QS = A_QᵀA_S (λI has no off-diagonal part), so δ_Q = H_QQ⁻¹ A_Qᵀ c with c = A_S θ⁺_S, and by the
+    push-through identity δ_Q = A_Qᵀ (A_Q A_Qᵀ + λI_n)⁻¹ c: an n×n solve while |Q| > n, no 1/λ anywhere.
+    """
+    check_finite("A", A)
+    n, d = A.shape
+    rows, mask, vec = _as_rows(theta_plus, mask, d)
+    A = A.to(rows)
+    out = torch.zeros_like(rows)
+    for r in range(rows.shape[0]):
+        Q = mask[r]
+        AQ, AS = A[:, Q], A[:, ~Q]
+        c = AS @ rows[r, ~Q]
+        q = int(Q.sum())
+        if q == 0:
+            continue
+        if q > n:
+            K = AQ @ AQ.T + lam * torch.eye(n, dtype=A.dtype, device=A.device)
+            delta = AQ.T @ torch.cholesky_solve(c[:, None], cholesky_or_raise(K, "A_Q A_Qᵀ + λI")).squeeze(1)
+        else:
+            HQQ = AQ.T @ AQ + lam * torch.eye(q, dtype=A.dtype, device=A.device)
+            delta = torch.cholesky_solve((AQ.T @ c)[:, None], cholesky_or_raise(HQQ, "H_QQ")).squeeze(1)
+        out[r, Q] = rows[r, Q] + delta
+    return out.squeeze(0) if vec else out
+
+
+def quadratic_model(theta: torch.Tensor, theta_plus: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """(θ − θ⁺)ᵀ H (θ − θ⁺), row-wise for (r, d) inputs."""
+    delta = theta - theta_plus
+    return ((delta @ H) * delta).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# greedy one-at-a-time OBS removal (OBC), explicit inverse, batched over rows
+# ----------------------------------------------------------------------------------------------
+def _default_chunk_rows(d: int, itemsize: int, budget_bytes: int = 2**28) -> int:
+    return max(1, budget_bytes // max(1, d * d * itemsize))
+
+
+def greedy_obs(
+    W: torch.Tensor,
+    Hinv: torch.Tensor,
+    n_prune: int | None = None,
+    nm: tuple[int, int] | str | None = None,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBC: remove weights one at a time by OBS, every row from the same damped inverse ``Hinv``.
+
+    Per row, repeatedly remove i = argmin w_i² / [Hinv]_ii among unpruned weights (with ``nm=(N, M)``,
+    a group of M consecutive weights closes once M − N are removed), then
+
+        w ← w − (w_i / [Hinv]_ii) Hinv[:, i],     Hinv ← Hinv − Hinv[:, i] Hinv[i, :] / [Hinv]_ii.
+
+    ``W`` is (d,) or (r, d); ``Hinv`` (d, d) must be the inverse of a well-conditioned (damped) H: at
+    small damping use ``greedy_obs_lowrank``. Rows are processed ``chunk_rows`` at a time (memory
+    chunk_rows·d²). Returns (W_new, mask) with W_new exactly 0 where mask is False.
+    """
+    if W.dim() not in (1, 2):
+        raise ValueError(f"W must have shape (d,) or (r, d), got {tuple(W.shape)}")
+    vec = W.dim() == 1
+    rows = W.unsqueeze(0) if vec else W
+    r, d = rows.shape
+    check_shape("Hinv", Hinv, (d, d))
+    check_finite("W", rows)
+    check_finite("Hinv", Hinv)
+    Hinv = Hinv.to(rows)
+    if nm is not None:
+        N, M = parse_nm(nm, "nm")
+        if d % M:
+            raise ValueError(f"nm={N}:{M} needs the row length d={d} to be divisible by M={M}")
+        budget = d // M * (M - N)
+        n_prune = budget if n_prune is None else n_prune
+        if not 0 <= n_prune <= budget:
+            raise ValueError(f"n_prune must be in [0, {budget}] for nm={N}:{M} and d={d}, got {n_prune}")
+    else:
+        if n_prune is None:
+            raise ValueError("greedy_obs needs n_prune (number of weights removed per row) or nm=(N, M)")
+        if isinstance(n_prune, bool) or not 0 <= int(n_prune) <= d:
+            raise ValueError(f"n_prune must be an integer in [0, {d}], got {n_prune!r}")
+    n_prune = int(n_prune)
+    chunk_rows = chunk_rows or _default_chunk_rows(d, rows.element_size())
+    W_out = rows.clone()
+    mask_out = torch.ones(r, d, dtype=torch.bool, device=rows.device)
+    inf = torch.tensor(float("inf"), dtype=rows.dtype, device=rows.device)
+    for start in range(0, r, chunk_rows):
+        w = W_out[start : start + chunk_rows]
+        c = w.shape[0]
+        Hc = Hinv.expand(c, d, d).clone()
+        keep = torch.ones(c, d, dtype=torch.bool, device=rows.device)
+        if nm is not None:
+            removed = torch.zeros(c, d // M, dtype=torch.long, device=rows.device)
+        ar = torch.arange(c, device=rows.device)
+        for _ in range(n_prune):
+            diag = Hc.diagonal(dim1=1, dim2=2)
+            open_ = keep
+            if nm is not None:
+                open_ = keep & (removed < M - N).repeat_interleave(M, dim=1)
+            score = torch.where(open_, w * w / diag, inf)
+            i = score.argmin(dim=1)
+            col = Hc[ar, :, i]  # (c, d): Hinv[:, i] (symmetric)
+            hii = col[ar, i]
+            w -= (w[ar, i] / hii)[:, None] * col
+            Hc -= col[:, :, None] * (col / hii[:, None])[:, None, :]
+            keep[ar, i] = False
+            w[~keep] = 0.0
+            Hc[ar, i, :] = 0.0
+            Hc[ar, :, i] = 0.0
+            if nm is not None:
+                removed[ar, i // M] += 1
+        W_out[start : start + c] = w
+        mask_out[start : start + c] = keep
+    W_out[~mask_out] = 0.0
+    return (W_out.squeeze(0), mask_out.squeeze(0)) if vec else (W_out, mask_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# greedy OBS removal for H = AᵀA + λI, safe at small λ
+# ----------------------------------------------------------------------------------------------
+def greedy_obs_lowrank(
+    theta_plus: torch.Tensor, A: torch.Tensor, lam: float, k: int, refresh: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy one-at-a-time OBS removal down to ``k`` kept entries for H = AᵀA + λI (λ > 0 or A_R of full
+    column rank), numerically safe at small λ.
+
+    With R the remaining set and K = λI_n + A_R A_Rᵀ, [H_RR⁻¹]_jj = (1 − ℓ_j)/λ with leverages
+    ℓ_j = a_jᵀ K⁻¹ a_j, and H_RR⁻¹ e_i = (e_i − A_Rᵀ K⁻¹ a_i)/λ. So, while |R| > n,
+
+        saliency_j = λ θ_j² / (1 − ℓ_j),   θ ← θ − θ_i/(1 − ℓ_i) · (e_i − A_Rᵀ K⁻¹ a_i)   (no 1/λ),
+
+    and K⁻¹ is downdated by Sherman–Morrison (refreshed by Cholesky every ``refresh`` removals).
+    Once |R| ≤ n the |R|×|R| matrix H_RR is inverted and ``greedy_obs`` finishes. Returns (θ, mask);
+    θ is the exact OBS update ``obs_project_lowrank`` on the chosen support.
+    """
+    check_finite("A", A)
+    n, d = A.shape
+    check_shape("theta_plus", theta_plus, (d,))
+    k = check_k(k, d)
+    A = A.to(theta_plus)
+    theta = theta_plus.clone()
+    keep = torch.ones(d, dtype=torch.bool, device=A.device)
+    eye_n = torch.eye(n, dtype=A.dtype, device=A.device)
+    inf = torch.tensor(float("inf"), dtype=A.dtype, device=A.device)
+    n_keep = d
+
+    def fresh(keep):
+        AR = A * keep.to(A.dtype)  # zero columns outside R
+        Kinv = spd_inverse(AR @ AR.T + lam * eye_n, "λI + A_R A_Rᵀ")
+        lev = ((Kinv @ A) * A).sum(0)
+        return Kinv, lev
+
+    if n_keep > n and n_keep > k:
+        Kinv, lev = fresh(keep)
+        since = 0
+        while n_keep > max(k, n):
+            gap = (1.0 - lev).clamp_min(torch.finfo(A.dtype).tiny)
+            score = torch.where(keep, theta * theta / gap, inf)
+            i = int(score.argmin())
+            u = Kinv @ A[:, i]
+            Atu = A.T @ u
+            v = Atu * keep  # A_Rᵀ K⁻¹ a_i  (v_i = ℓ_i)
+            g = 1.0 - v[i]
+            theta += (theta[i] / g) * v  # θ − θ_i/(1 − ℓ_i)·(e_i − v) on R
+            theta[i] = 0.0
+            keep[i] = False
+            n_keep -= 1
+            since += 1
+            if since >= refresh:
+                Kinv, lev = fresh(keep)
+                since = 0
+            else:
+                Kinv += torch.outer(u, u) / g
+                lev += Atu * Atu / g
+            theta[~keep] = 0.0
+    if n_keep > k:
+        idx = keep.nonzero().squeeze(1)
+        AR = A[:, idx]
+        Hinv = spd_inverse(AR.T @ AR + lam * torch.eye(len(idx), dtype=A.dtype, device=A.device), "H_RR")
+        _, sub_mask = greedy_obs(theta[idx], Hinv, n_prune=n_keep - k)
+        keep = torch.zeros_like(keep)
+        keep[idx[sub_mask]] = True
+    return obs_project_lowrank(theta_plus, A, lam, keep), keep
+
+
+# ----------------------------------------------------------------------------------------------
+# exact support by enumeration (tiny d)
+# ----------------------------------------------------------------------------------------------
+def exact_support(theta_plus: torch.Tensor, H: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """The support Q (|Q| = k) minimising the OBS saliency, i.e. the quadratic model
+    min_{supp θ ⊆ Q} (θ − θ⁺)ᵀ H (θ − θ⁺), over all C(d, k) supports. Ties: the first in
+    lexicographic order. Raises ValueError when C(d, k) > ``EXACT_MAX_SUPPORTS``."""
+    check_shape("theta_plus", theta_plus, (None,))
+    d = theta_plus.shape[0]
+    check_shape("H", H, (d, d))
+    k = check_k(k, d)
+    total = math.comb(d, k)
+    if total > EXACT_MAX_SUPPORTS:
+        raise ValueError(
+            f"exact_support would enumerate C({d}, {k}) = {total} supports, more than the limit "
+            f"{EXACT_MAX_SUPPORTS}; use support='greedy' or 'topk' for this size"
+        )
+    H = H.to(theta_plus)
+    combos = torch.combinations(torch.arange(d, device=theta_plus.device), r=k)
+    if combos.dim() == 1:  # k == 1 gives a flat tensor
+        combos = combos[:, None]
+    best_val, best_mask = None, None
+    for start in range(0, combos.shape[0], chunk):
+        idx = combos[start : start + chunk]
+        masks = torch.zeros(idx.shape[0], d, dtype=torch.bool, device=theta_plus.device)
+        masks.scatter_(1, idx, True)
+        theta = obs_project(theta_plus.expand(idx.shape[0], d), H, masks, chunk=chunk)
+        val = quadratic_model(theta, theta_plus, H)
+        j = int(val.argmin())
+        if best_val is None or val[j] < best_val:
+            best_val, best_mask = val[j], masks[j]
+    return best_mask

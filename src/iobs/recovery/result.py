@@ -1,0 +1,42 @@
+"""What every recovery solver returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RecoveryResult:
+    """θ, its support, the iteration count and a per-iteration history.
+
+    ``history[t]`` (t = 0 is the start point) is a dict with ``iteration``, ``objective`` f(θ_t),
+    ``distance`` ‖θ_t − θ*‖ (None without θ*), ``rel_distance`` ‖θ_t − θ*‖/‖θ*‖ (None without θ* or
+    when θ* = 0), ``support_changes`` |supp θ_t Δ supp θ_{t−1}| and ``time`` (seconds since the start).
+    ``damping`` is the λ actually added to the Hessian (0.0 when none was needed or used).
+    """
+
+    theta: torch.Tensor
+    mask: torch.Tensor
+    n_iter: int
+    converged: bool
+    history: list[dict] = field(default_factory=list)
+    damping: float = 0.0
+    solver: str = ""
+    options: dict = field(default_factory=dict)
+
+    @property
+    def objective(self) -> float:
+        return self.history[-1]["objective"] if self.history else float("nan")
+
+    def series(self, key: str) -> list:
+        """One history column, e.g. ``result.series("rel_distance")``."""
+        return [h[key] for h in self.history]
+
+    def iterations_to(self, rel_tol: float) -> int | None:
+        """First iteration whose relative distance to θ* is below ``rel_tol`` (None if never / no θ*)."""
+        for h in self.history:
+            if h["rel_distance"] is not None and h["rel_distance"] < rel_tol:
+                return h["iteration"]
+        return None
