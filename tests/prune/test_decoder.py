@@ -1,0 +1,171 @@
+"""The decoder walk on tiny random models of every supported architecture (float64, CPU)."""
+
+import copy
+
+import pytest
+import torch
+
+from iobs.models.tiny import ARCHS, random_ids, tiny_model
+from iobs.obs.layer import prune_layer
+from iobs.obs.masks import check_nm
+from iobs.prune.layers import find_layers, get_weight, set_weight
+from iobs.prune.sequential import find_blocks, prune_decoder
+
+D = torch.float64
+
+
+def capture(model, module, ids) -> torch.Tensor:
+    """The actual inputs of ``module`` (tokens, d_in) when ``model`` runs on ``ids`` one sample at a time."""
+    xs = []
+    h = module.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for j in range(ids.shape[0]):
+            model(ids[j : j + 1], use_cache=False)
+    h.remove()
+    return torch.cat(xs)
+
+
+def recomputed_error(W, W_hat, X) -> float:
+    return float(((X @ (W - W_hat).t()) ** 2).sum())
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return random_ids(3, 12, vocab=256, seed=1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_walk_50_percent_exact_sparsity_and_errors(arch, ids):
+    dense = tiny_model(arch, dtype=D)
+    model = copy.deepcopy(dense)
+    records = prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
+    layers = find_layers(model)
+    assert [r["name"] for r in records] == list(layers)
+    for r in records:
+        W = get_weight(layers[r["name"]])
+        n = W.numel()
+        assert int((W == 0).sum()) == n // 2, r["name"]  # random weights: zeros are exactly the pruned ones
+        assert r["sparsity"] == pytest.approx(0.5) and r["tokens"] == ids.numel()
+        assert r["error"] > 0 and 0 < r["rel_error"] < 1
+    # layers outside the blocks are untouched (lm_head / tied embeddings, norms)
+    torch.testing.assert_close(model.get_output_embeddings().weight, dense.get_output_embeddings().weight)
+    torch.testing.assert_close(model.get_input_embeddings().weight, dense.get_input_embeddings().weight)
+
+    path, blocks = find_blocks(model)
+    dense_layers = find_layers(dense)
+    # block 1's first layer: its inputs in the pruned model are those the walk saw (block 0 pruned)
+    first = next(n for n in layers if n.startswith(f"{path}.1."))
+    rec = next(r for r in records if r["name"] == first)
+    X = capture(model, layers[first], ids)
+    err = recomputed_error(get_weight(dense_layers[first]), get_weight(layers[first]), X)
+    assert rec["error"] == pytest.approx(err, rel=1e-8)
+
+    # every layer of block 1 = prune_layer on W_dense with H from independently captured inputs
+    # (block 0 pruned, block 1 still dense: sequential="block" takes all H from one pass)
+    hybrid = copy.deepcopy(model)
+    _, hblocks = find_blocks(hybrid)
+    hblocks[1].load_state_dict(find_blocks(dense)[1][1].state_dict())
+    hlayers = find_layers(hybrid)
+    for name in [n for n in layers if n.startswith(f"{path}.1.")]:
+        X = capture(hybrid, hlayers[name], ids)
+        W = get_weight(dense_layers[name])
+        res = prune_layer(W, X.t() @ X, "sparsegpt", 0.5)
+        torch.testing.assert_close(get_weight(layers[name]), res.W, rtol=1e-9, atol=1e-12)
+        rec = next(r for r in records if r["name"] == name)
+        assert rec["error"] == pytest.approx(recomputed_error(W, res.W, X), rel=1e-8)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_walk_2_4_pattern(arch, ids):
+    model = tiny_model(arch, dtype=D)
+    records = prune_decoder(model, ids, "wanda", None, "2:4", progress=False)
+    for name, m in find_layers(model).items():
+        W = get_weight(m)
+        assert check_nm(W != 0, 2, 4), name
+        assert int((W == 0).sum()) == W.numel() // 2
+    assert all(r["sparsity"] == 0.5 for r in records)
+
+
+def test_true_sequential_every_layer_error_matches_its_actual_inputs(ids):
+    """With sequential='true' each layer's H comes from inputs through all earlier pruned layers, i.e.
+    exactly its inputs in the final pruned model."""
+    dense = tiny_model("llama", dtype=D)
+    model = copy.deepcopy(dense)
+    records = prune_decoder(model, ids, "sparsegpt", 0.5, sequential="true", progress=False)
+    assert [r["group"] for r in records[:7]] == [0, 0, 0, 1, 2, 2, 3]
+    layers, dense_layers = find_layers(model), find_layers(dense)
+    for r in records:
+        X = capture(model, layers[r["name"]], ids)
+        err = recomputed_error(get_weight(dense_layers[r["name"]]), get_weight(layers[r["name"]]), X)
+        assert r["error"] == pytest.approx(err, rel=1e-8), r["name"]
+
+
+def test_include_exclude_prune_only_selected(ids):
+    dense = tiny_model("opt", dtype=D)
+    model = copy.deepcopy(dense)
+    records = prune_decoder(
+        model, ids, "magnitude", 0.5, include=["*.fc1", "*.fc2"], exclude=["*.1.fc2"], progress=False
+    )
+    names = [r["name"] for r in records]
+    assert names == ["model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2", "model.decoder.layers.1.fc1"]
+    for (n, m), (_, d) in zip(find_layers(model).items(), find_layers(dense).items()):
+        changed = not torch.equal(m.weight, d.weight)
+        assert changed == (n in names), n
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, ids):
+    ref = tiny_model("qwen2", layers=3, dtype=D)
+    model = copy.deepcopy(ref)
+    full = prune_decoder(ref, ids, "sparsegpt", 0.5, progress=False)
+
+    def stop_after_block_1(i, recs):
+        assert all(r["block"] == i for r in recs)
+        if i == 1:
+            raise KeyboardInterrupt
+
+    state = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        prune_decoder(
+            model, ids, "sparsegpt", 0.5, progress=False, state_dir=state, callback=stop_after_block_1
+        )
+    assert sorted(p.name for p in state.iterdir()) == [
+        "block_00000.safetensors",
+        "block_00001.safetensors",
+        "state.json",
+    ]
+    fresh = tiny_model("qwen2", layers=3, dtype=D)  # a new process would reload the dense model
+    seen = []
+    resumed = prune_decoder(
+        fresh, ids, "sparsegpt", 0.5, progress=False, state_dir=state, callback=lambda i, r: seen.append(i)
+    )
+    assert seen == [2]  # only the last block was solved again
+    assert [r["name"] for r in resumed] == [r["name"] for r in full]
+    assert [r["error"] for r in resumed] == [r["error"] for r in full]
+    for a, b in zip(fresh.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    # a different run must not pick up this state
+    with pytest.raises(ValueError, match="different run"):
+        other = tiny_model("qwen2", layers=3, dtype=D)
+        prune_decoder(other, ids, "wanda", 0.5, progress=False, state_dir=state)
+
+
+def test_bad_calibration_and_models(ids):
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="empty"):
+        prune_decoder(model, torch.zeros(0, 8, dtype=torch.long), progress=False)
+    with pytest.raises(ValueError, match="vocabulary"):
+        prune_decoder(model, torch.full((1, 4), 10_000), progress=False)
+    with pytest.raises(TypeError, match="LongTensor"):
+        prune_decoder(model, [[1, 2, 3]], progress=False)
+    with pytest.raises(ValueError, match="decoder blocks"):
+        prune_decoder(torch.nn.Sequential(torch.nn.Linear(4, 4)), ids, progress=False)
+    with pytest.raises(ValueError, match="sequential"):
+        prune_decoder(model, ids, sequential="maybe", progress=False)
+
+
+def test_set_weight_roundtrip_keeps_tied_embeddings_tied():
+    model = tiny_model("llama")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    m = model.model.layers[0].mlp.up_proj
+    set_weight(m, torch.zeros_like(get_weight(m)))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
