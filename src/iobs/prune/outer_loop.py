@@ -176,15 +176,15 @@ def run_iobs(
                 break
         records = project(model, batch)
         metrics = evaluate(model)
-        zeros = sum(r.get("zeros", 0) for r in records)
-        params = sum(math.prod(r["shape"]) for r in records if "shape" in r)
+        kept = sum(r["kept"] for r in records)
+        numel = sum(r["numel"] for r in records)
         record(
             {
                 "iteration": t,
                 "label": f"I-OBS({t})",
                 "metrics": metrics,
                 "dense_step": dense,
-                "sparsity": zeros / params if params else None,
+                "sparsity": 1.0 - kept / numel if numel else None,
                 "layer_error": sum(r.get("error", 0.0) for r in records),
                 "seconds": time.perf_counter() - t0,
             }
