@@ -53,6 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval", type=_patterns, default=[], help="comma-separated: wiki-test, news, FILE")
     parser.add_argument("--eval-seqlen", type=int, default=None, help="perplexity window (default --seqlen)")
     parser.add_argument("--eval-max-windows", type=int, default=None)
+    parser.add_argument(
+        "--eval-dense", action="store_true", help="also evaluate the dense model (same windows)"
+    )
     parser.add_argument("--layers", action="store_true", help="print every layer instead of one row per kind")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -82,6 +85,7 @@ def config_from_args(args) -> PruneConfig:
         eval=args.eval,
         eval_seqlen=args.eval_seqlen,
         eval_max_windows=args.eval_max_windows,
+        eval_dense=args.eval_dense,
     )
 
 
@@ -117,7 +121,11 @@ def format_report(report: dict, per_layer: bool = False) -> str:
         f"layers {s['layers']}, weights {s['params']:,}, pruned {s['sparsity']:.2%} "
         f"(exact zeros {s['zeros']:.2%}), mean relative error {s['rel_error_mean']:.4g}"
     )
+    dense = report.get("eval_dense") or {}
     for data, r in report.get("eval", {}).items():
+        if data in dense:
+            lines.append(f"perplexity {data}: dense {dense[data]['ppl']:.3f} -> pruned {r['ppl']:.3f}")
+            continue
         lines.append(
             f"perplexity {data}: {r['ppl']:.3f} "
             f"({r['tokens']} tokens, {r['windows']} windows of {r['seqlen']})"

@@ -51,20 +51,27 @@ def calibration_ids(config: PruneConfig, tokenizer, vocab_size: int) -> torch.Te
     )
 
 
-def evaluate(model, tokenizer, config: PruneConfig, device) -> dict:
-    """Perplexity on each of ``config.eval`` (same windows for dense and pruned runs)."""
+def evaluate(model, tokenizer, config: PruneConfig, device, progress: bool = False) -> dict:
+    """Perplexity on each of ``config.eval`` (the same windows for the dense and the pruned model); the
+    model visits ``device`` for the evaluation and returns to where it was."""
     from iobs.eval.perplexity import perplexity
 
+    home = next(model.parameters()).device
+    model.to(device)
     out = {}
-    for data in config.eval:
-        out[data] = perplexity(
-            model,
-            tokenizer,
-            data=data,
-            seqlen=config.eval_seqlen or config.seqlen,
-            max_windows=config.eval_max_windows,
-            device=device,
-        )
+    try:
+        for data in config.eval:
+            out[data] = perplexity(
+                model,
+                tokenizer,
+                data=data,
+                seqlen=config.eval_seqlen or config.seqlen,
+                max_windows=config.eval_max_windows,
+                device=device,
+                progress=progress,
+            )
+    finally:
+        model.to(home)
     return out
 
 
@@ -100,6 +107,12 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         )
     timings["calibration_s"] = time.perf_counter() - t0
 
+    dense_evals = {}
+    if config.eval and config.eval_dense:
+        t0 = time.perf_counter()
+        dense_evals = evaluate(model, tokenizer, config, dev, progress)
+        timings["eval_dense_s"] = time.perf_counter() - t0
+
     state_dir, resumed = None, 0
     if out is not None:
         state_dir = state_dir_for(out, config.key())
@@ -131,7 +144,7 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     timings["prune_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evals = evaluate(model, tokenizer, config, dev) if config.eval else {}
+    evals = evaluate(model, tokenizer, config, dev, progress) if config.eval else {}
     timings["eval_s"] = time.perf_counter() - t0
 
     report = {
@@ -155,6 +168,7 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         "resumed_blocks": resumed,
         "summary": summarize(records),
         "eval": evals,
+        "eval_dense": dense_evals,
         "layers": records,
         "timings": timings,
     }

@@ -14,7 +14,16 @@ SEQUENTIAL = ("block", "true")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 # fields that do not change the pruned weights (left out of the resume key)
-_NOT_IN_KEY = ("out", "overwrite", "eval", "eval_seqlen", "eval_max_windows", "device", "resume")
+_NOT_IN_KEY = (
+    "out",
+    "overwrite",
+    "eval",
+    "eval_seqlen",
+    "eval_max_windows",
+    "eval_dense",
+    "device",
+    "resume",
+)
 
 
 @dataclass
@@ -49,6 +58,7 @@ class PruneConfig:
     eval: list[str] = field(default_factory=list)
     eval_seqlen: int | None = None
     eval_max_windows: int | None = None
+    eval_dense: bool = False
 
     def __post_init__(self):
         self.validate()
