@@ -93,7 +93,9 @@ def perplexity(
     try:
         for i in it:
             x = windows[i : i + 1].to(dev)
-            logits = model(x).logits[0, :-1].float()
+            logits = model(x).logits[0, :-1]
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
             nll += float(F.cross_entropy(logits, x[0, 1:], reduction="sum"))
     finally:
         model.train(was_training)

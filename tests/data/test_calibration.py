@@ -1,0 +1,57 @@
+"""Calibration windows: shape, seeding, and provenance (the calibration split only)."""
+
+import pytest
+import torch
+
+from iobs.data.calibration import calibration_batch, encode, sample_windows
+from iobs.data.text import load_text
+from iobs.models.tiny import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()  # byte-level: token id == byte, so windows decode back to exact substrings
+
+
+def test_shape_dtype_and_seeding(tok, tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("".join(f"sentence number {i} of the calibration text. " for i in range(200)))
+    a = calibration_batch(tok, source=str(p), nsamples=5, seqlen=48, seed=0)
+    assert a.shape == (5, 48) and a.dtype == torch.long
+    assert torch.equal(a, calibration_batch(tok, source=str(p), nsamples=5, seqlen=48, seed=0))
+    assert not torch.equal(a, calibration_batch(tok, source=str(p), nsamples=5, seqlen=48, seed=1))
+    stream = encode(tok, p.read_text())
+    for w in a:  # every window is a contiguous piece of the token stream
+        starts = (stream[: stream.numel() - 47] == w[0]).nonzero().flatten().tolist()
+        assert any(torch.equal(stream[s : s + 48], w) for s in starts)
+
+
+def test_windows_come_from_the_calibration_split_only(tok):
+    calib, test, val = (load_text(n) for n in ("wiki-calib", "wiki-test", "wiki-val"))
+    batch = calibration_batch(tok, source="wiki", nsamples=8, seqlen=256, seed=0)
+    assert batch.shape == (8, 256)
+    for w in batch:
+        piece = bytes(w.tolist()).decode("utf-8", errors="ignore")[8:-8]  # trim cut multi-byte chars
+        assert piece in calib
+        assert piece not in test and piece not in val
+
+
+def test_exactly_seqlen_tokens_is_enough_and_shorter_is_an_error(tok):
+    ids = torch.arange(10)
+    assert torch.equal(sample_windows(ids, 3, 10), ids.expand(3, 10))
+    with pytest.raises(ValueError, match="has 10 tokens, fewer than seqlen=11"):
+        sample_windows(ids, 1, 11)
+
+
+def test_too_short_or_empty_text_is_a_clear_error(tok, tmp_path):
+    p = tmp_path / "short.txt"
+    p.write_text("too short")
+    with pytest.raises(ValueError, match=r"short.txt. has 9 tokens, fewer than seqlen=512"):
+        calibration_batch(tok, source=str(p))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        calibration_batch(tok, source=str(tmp_path / "empty.txt"))
+    with pytest.raises(ValueError, match="nsamples"):
+        calibration_batch(tok, source=str(p), nsamples=0)
+    with pytest.raises(ValueError, match="unknown text"):
+        calibration_batch(tok, source="wikki")
