@@ -17,6 +17,7 @@ from iobs.prune.dense_step import DENSE_STEPS, lm_loss
 from iobs.prune.dense_step import dense_step as take_dense_step
 from iobs.prune.outer_loop import LoopResult, run_iobs
 from iobs.prune.sequential import prune_decoder
+from iobs.utils import resolve_device
 
 
 def calibration_stream(tokenizer, calib: str, vocab_size: int) -> Callable[[int, int, int], torch.Tensor]:
@@ -73,6 +74,7 @@ def iobs_prune_lm(
     state_dir=None,
     state_key: str = "",
     on_iteration: Callable[[dict], None] | None = None,
+    evaluate_dense: bool = True,
     **layer_kwargs,
 ) -> LoopResult:
     """Prune ``model`` in place with I-OBS (T iterations of dense step + layer-wise projection).
@@ -113,7 +115,7 @@ def iobs_prune_lm(
 
     def step(m: nn.Module, ids: torch.Tensor, t: int) -> dict:
         home = next(m.parameters()).device
-        dev = device if device is not None else home
+        dev = resolve_device(device) if device is not None else home
         m.to(dev)
         batches = list(ids.split(1))
         if dense_step == "newton":
@@ -152,4 +154,5 @@ def iobs_prune_lm(
         state_dir=state_dir,
         state_key=state_key,
         on_iteration=on_iteration,
+        evaluate_dense=evaluate_dense,
     )
