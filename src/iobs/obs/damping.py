@@ -56,24 +56,27 @@ def _check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
 def _factor(H: torch.Tensor, percdamp: float, name: str, max_escalations: int, upper_of_inverse: bool):
     """Escalation loop shared by both factorisations: returns (Hinv or its upper Cholesky factor, λ)."""
     _check_hessian(H, name, percdamp)
-    base, lam = damped(H, 0.0)
-    scale = float(torch.diagonal(base).mean())
+    diag = torch.diagonal(H)
+    dead = diag == 0
+    scale = float(torch.where(dead, torch.ones_like(diag), diag).mean())
     lam = float(percdamp) * scale
-    eye = torch.arange(H.shape[0], device=H.device)
     for attempt in range(max_escalations + 1):
-        Hd = base.clone()
-        Hd[eye, eye] += lam
+        Hd = H.clone()
+        dd = torch.diagonal(Hd)
+        dd.masked_fill_(dead, 1)
+        dd += lam
         L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd
         out = None
         if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            if not upper_of_inverse:
-                out = Hinv
-            else:
-                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-                if int(info) == 0:
-                    out = U
-        if out is not None and bool(torch.isfinite(out).all()):
+            out = torch.cholesky_inverse(L)
+            del L
+            if upper_of_inverse:
+                out, info = torch.linalg.cholesky_ex(out, upper=True)
+                if int(info) != 0:
+                    out = None
+        # positive finite pivots imply a finite factor; checking the diagonal is enough
+        if out is not None and bool(torch.isfinite(torch.diagonal(out)).all()):
             return out, lam
         if attempt == max_escalations:
             break

@@ -54,9 +54,10 @@ def sparsegpt(
     """
     rows, cols = W.shape
     U, lam = inverse_cholesky(H, percdamp, name=name)
-    W = W.clone()
-    W[:, torch.diagonal(H) == 0] = 0  # dead inputs (see iobs.obs.damping)
-    mask = torch.ones_like(W, dtype=torch.bool)
+    # Work on Wᵀ (cols, rows): every column of W is a contiguous row, every update a contiguous slab.
+    Wt = W.t().contiguous()
+    Wt[torch.diagonal(H) == 0] = 0  # dead inputs (see iobs.obs.damping)
+    keep_t = torch.ones_like(Wt, dtype=torch.bool)
     B, inner = int(blocksize), INNER
     if nm is not None:
         n, m = nm
@@ -65,26 +66,27 @@ def sparsegpt(
     inner = min(inner, B)
     for i1 in range(0, cols, B):
         i2 = min(i1 + B, cols)
-        W1 = W[:, i1:i2].clone()
+        W1 = Wt[i1:i2]  # a view: updated in place
         U1 = U[i1:i2, i1:i2]
         d = torch.diagonal(U1)
-        Err1 = torch.zeros_like(W1)
+        Err1 = torch.empty_like(W1)
+        keep1 = keep_t[i1:i2]
         if nm is None:
-            keep1 = _block_mask(W1.square() / d.square(), sparsity, i1, i2, per_row)
-        else:
-            keep1 = torch.ones_like(W1, dtype=torch.bool)
+            keep1.copy_(_block_mask((W1 / d[:, None]).square().t(), sparsity, i1, i2, per_row).t())
+            prune_scale = (~keep1).to(W1.dtype) / d[:, None]  # err = w·[pruned]/U_ii
         for j1 in range(0, i2 - i1, inner):
             j2 = min(j1 + inner, i2 - i1)
             for i in range(j1, j2):
-                if nm is not None and i % m == 0:
-                    keep1[:, i : i + m] = keep_top(W1[:, i : i + m].square() / d[i : i + m].square(), n)
-                err = W1[:, i].masked_fill(keep1[:, i], 0) / d[i]
-                W1[:, i:j2].addr_(err, U1[i, i:j2], alpha=-1)
-                Err1[:, i] = err
+                if nm is not None and i % m == 0:  # the group's mask, from the weights updated so far
+                    score = (W1[i : i + m] / d[i : i + m, None]).square()
+                    keep1[i : i + m] = keep_top(score.t(), n).t()
+                    prune_scale_g = (~keep1[i : i + m]).to(W1.dtype) / d[i : i + m, None]
+                ps = prune_scale[i] if nm is None else prune_scale_g[i % m]
+                torch.mul(W1[i], ps, out=Err1[i])
+                W1[i:j2].addr_(U1[i, i:j2], Err1[i], alpha=-1)
             if j2 < i2 - i1:
-                W1[:, j2:].addmm_(Err1[:, j1:j2], U1[j1:j2, j2:], alpha=-1)
-        W[:, i1:i2] = W1.masked_fill_(~keep1, 0)
-        mask[:, i1:i2] = keep1
+                W1[j2:].addmm_(U1[j1:j2, j2:].t(), Err1[j1:j2], alpha=-1)
         if i2 < cols:
-            W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
-    return W, mask, lam
+            Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1)
+    Wt.masked_fill_(~keep_t, 0)
+    return Wt.t().contiguous(), keep_t.t().contiguous(), lam

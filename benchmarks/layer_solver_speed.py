@@ -1,0 +1,212 @@
+"""SparseGPT layer-solver speed against this machine's matmul rate and a plain column-by-column OBS.
+
+For every layer shape (d_out × d_in) it times, in the same run and with the same torch thread count:
+
+* ``ours``: ``iobs.obs.sparsegpt.sparsegpt`` (blocked, lazy batched updates), 50 % unstructured;
+* ``plain``: an unblocked column-by-column OBS written here: the same damped Hinv Cholesky factor and
+  the same mask rule, but every column's update is applied at once to all later columns
+  (W[:, i:] -= err ⊗ U[i, i:]), i.e. without lazy batching. Its result must equal ours (printed);
+* the matmul rate: float32 n×n GEMM (n = 4096 by default), 2n³ flop per product.
+
+FLOP count of SparseGPT as implemented (multiply and add counted separately): Cholesky of H, the
+inverse from it and the Cholesky of the inverse, 4/3·d_in³ together, plus the weight updates exactly as
+scheduled (rank-1 updates inside 32-column sub-blocks, sub-block and block trailing products),
+about 2·d_out·d_in² in total for large d_in. "% of matmul" = (flop / time) / matmul rate.
+
+Usage:
+    .venv/bin/python benchmarks/layer_solver_speed.py --threads 2 \
+        --out benchmarks/results/layer_solver_speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import time
+
+import torch
+
+from iobs._validate import n_pruned
+from iobs.obs.layer import layer_error
+from iobs.obs.sparsegpt import INNER, sparsegpt
+from iobs.utils import atomic_write_text, markdown_table
+
+SMOLLM2_SHAPES = [
+    ("q_proj / o_proj", 576, 576),
+    ("k_proj / v_proj", 192, 576),
+    ("gate_proj / up_proj", 1536, 576),
+    ("down_proj", 576, 1536),
+    ("square 4096", 4096, 4096),
+]
+
+
+def matmul_rate(n: int, device, repeats: int = 3) -> tuple[float, float]:
+    """Best-of-``repeats`` float32 n×n GEMM rate in flop per wall second and per process CPU second."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm up
+    wall, cpu, _ = time_call(lambda: a @ b, device, repeats)
+    return 2 * n**3 / wall, 2 * n**3 / cpu
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sparsegpt_flops(rows: int, cols: int, blocksize: int = 128, inner: int = INNER) -> float:
+    """Flops of the factorisations plus the update schedule of iobs.obs.sparsegpt."""
+    flops = 4 / 3 * cols**3
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        for j1 in range(i1, i2, inner):
+            j2 = min(j1 + inner, i2)
+            flops += sum(2 * rows * (j2 - i) for i in range(j1, j2))  # rank-1 updates in the sub-block
+            flops += 2 * rows * (j2 - j1) * (i2 - j2)  # sub-block -> rest of block
+        flops += 2 * rows * (i2 - i1) * (cols - i2)  # block -> later columns
+    return flops
+
+
+def plain_obs(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int = 128, percdamp: float = 0.01
+):
+    """Unblocked column-by-column OBS with the same damping, mask rule and Hinv factor as SparseGPT:
+    after each column, its error updates all later columns at once (in place, contiguous layout)."""
+    rows, cols = W.shape
+    Wt = W.t().contiguous()  # column i of W is row i of Wt
+    Hd = H.clone()
+    diag = torch.diagonal(Hd)
+    diag[diag == 0] = 1
+    diag += percdamp * diag.mean()
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+    keep = torch.ones_like(Wt, dtype=torch.bool)
+    for i in range(cols):
+        if i % blocksize == 0:
+            i2 = min(i + blocksize, cols)
+            score = (Wt[i:i2] / torch.diagonal(U)[i:i2, None]).square().t().reshape(-1)
+            p = n_pruned(sparsity, rows * i2) - n_pruned(sparsity, rows * i)
+            block = torch.ones_like(score, dtype=torch.bool)
+            # prune the p lowest scores; among ties the lower index is kept
+            order = torch.sort(score, descending=True, stable=True).indices
+            block[order[score.numel() - p :]] = False
+            keep[i:i2] = block.reshape(rows, i2 - i).t()
+        err = Wt[i].masked_fill(keep[i], 0) / U[i, i]
+        Wt[i:].addr_(U[i, i:], err, alpha=-1)
+    return Wt.masked_fill_(~keep, 0).t(), keep.t()
+
+
+def layer_problem(rows: int, cols: int, device, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    X = torch.randn(cols, cols + 256, generator=g)
+    X = X * torch.exp(0.5 * torch.randn(cols, 1, generator=g))
+    W = torch.randn(rows, cols, generator=g)
+    return W.to(device), (X @ X.T).to(device)
+
+
+def time_call(fn, device, repeats: int):
+    """Best-of-``repeats`` (wall seconds, process CPU seconds) and the last result."""
+    best, best_cpu, out = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return best, best_cpu, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=2, help="best of N timings for ours (default 2)")
+    ap.add_argument("--blocksize", type=int, default=128)
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--plain-max-cols", type=int, default=4096, help="skip the plain OBS above this d_in")
+    ap.add_argument("--only", default=None, help="comma-separated subset of shape labels (e.g. 'down_proj')")
+    ap.add_argument("--out", default=None, help="also write the markdown report here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    shapes = SMOLLM2_SHAPES
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",")}
+        shapes = [s for s in shapes if any(w in s[0] for w in wanted)]
+
+    rows_out = []
+    for label, rows, cols in shapes:
+        W, H = layer_problem(rows, cols, device)
+        rate, rate_cpu = matmul_rate(args.matmul_n, device)  # right before: the load changes over the run
+        t_ours, c_ours, (W_ours, mask_ours, _) = time_call(
+            lambda W=W, H=H: sparsegpt(W, H, 0.5, blocksize=args.blocksize), device, args.repeats
+        )
+        flops = sparsegpt_flops(rows, cols, args.blocksize)
+        row = {
+            "layer": label,
+            "shape": f"{rows}x{cols}",
+            "GFLOP": flops / 1e9,
+            "matmul GFLOP/s": rate / 1e9,
+            "ours s": t_ours,
+            "ours GFLOP/s": flops / t_ours / 1e9,
+            "% of matmul": 100 * flops / t_ours / rate,
+            "% of matmul (CPU s)": 100 * flops / c_ours / rate_cpu if device.type == "cpu" else None,
+            "plain s": None,
+            "plain / ours": None,
+            "masks differ": None,
+            "error rel. diff": None,
+        }
+        if cols <= args.plain_max_cols:
+            t_plain, _, (W_plain, mask_plain) = time_call(
+                lambda W=W, H=H: plain_obs(W, H, 0.5, args.blocksize), device, 1
+            )
+            row["plain s"] = t_plain
+            row["plain / ours"] = t_plain / t_ours
+            same = mask_plain == mask_ours
+            row["masks differ"] = int((~same).sum())
+            e_ours, e_plain = layer_error(W, W_ours, H), layer_error(W, W_plain, H)
+            row["error rel. diff"] = abs(e_plain - e_ours) / e_ours
+        rows_out.append(row)
+        print(f"done {label} {rows}x{cols}: ours {t_ours:.3f}s", flush=True)
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((ln.split(":", 1)[1].strip() for ln in model.splitlines() if "Model name" in ln), cpu)
+    except OSError:
+        model = cpu
+    header = [
+        "# SparseGPT layer-solver speed",
+        "",
+        f"- command: `.venv/bin/python benchmarks/layer_solver_speed.py --threads {args.threads} "
+        f"--device {args.device}`",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {model}, nproc {os.cpu_count()}, "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, device {device}",
+        f"- load average at the end (1/5/15 min): {load}; the machine is shared with other jobs, so "
+        "timings are noisy (best of repeats for ours, one run for plain)",
+        f"- matmul rate: float32 {args.matmul_n}² GEMM, best of 3, measured right before each layer "
+        "(column 'matmul GFLOP/s'); '% of matmul' compares wall-clock rates, '(CPU s)' process CPU-time "
+        "rates, which the other jobs on the machine disturb less",
+        "- FLOP: Cholesky, inverse and Cholesky of the inverse (4/3·d_in³) plus the update schedule "
+        "(≈ 2·d_out·d_in²); 'masks differ': entries where float rounding flips a borderline choice, "
+        "'error rel. diff': |e_plain − e_ours| / e_ours of the layer errors tr(ΔW H ΔWᵀ)",
+        "- task: 50 % unstructured, blocksize "
+        f"{args.blocksize}, float32, H = X Xᵀ from random inputs of log-normal scale; 'plain' = unblocked "
+        "column-by-column OBS (same Hinv factor and mask rule, eager rank-1 updates of all later columns)",
+        "",
+    ]
+    text = "\n".join(header) + markdown_table(rows_out, floatfmt=".3g")
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
