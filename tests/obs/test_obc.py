@@ -68,8 +68,10 @@ def test_single_removal_is_the_brute_force_optimum(seed):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("spec", [dict(sparsity=0.5), dict(nm=(2, 4)), dict(nm=(1, 4))])
 def test_greedy_reconstruction_is_exact_for_its_mask_and_bounded_by_brute_force(seed, spec):
-    """Greedy OBS need not find the best mask, but its weights are the optimal reconstruction on the
-    mask it found, its error is >= the brute-force optimum, and the reported error is exact."""
+    """Greedy OBS need not find the best mask, nor beat SparseGPT on tiny layers (measured: worse in 16
+    of 360 seeded 2x8, 3x8, 1x12 cases at 50 %, per row and 2:4), so neither is asserted. What holds:
+    its weights are the optimal reconstruction on the mask it found, its error is >= the brute-force
+    optimum, and the reported error is exact."""
     W, X, H = tiny_layer(2, 8, seed)
     Hd = damped_h(H)
     nm = spec.get("nm")

@@ -78,3 +78,16 @@ def test_nm_masks_brute_force(n, m):
         sl = slice(grp * m, (grp + 1) * m)
         best = max(itertools.combinations(range(m), n), key=lambda c: sum(float(score[r, sl][j]) for j in c))
         assert sorted(torch.nonzero(mask[r, sl]).flatten().tolist()) == sorted(best)
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 11, 12])
+def test_keep_top_selection_equals_stable_sort_under_heavy_ties(k):
+    """The kthvalue path (int k) and the sort path (per-row counts) agree with a brute-force rule."""
+    g = torch.Generator().manual_seed(4)
+    score = torch.randint(0, 3, (6, 12), generator=g).float()  # many ties
+    fast = keep_top(score, k)
+    slow = keep_top(score, torch.full((6,), k))
+    assert torch.equal(fast, slow)
+    for r in range(6):
+        kept = sorted(range(12), key=lambda j: (-float(score[r, j]), j))[:k]
+        assert sorted(fast[r].nonzero().flatten().tolist()) == sorted(kept)
