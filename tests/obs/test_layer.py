@@ -139,3 +139,10 @@ def test_singular_hessian_error_names_the_layer():
     H = -H  # negative definite: no damping can fix it
     with pytest.raises(ValueError, match="model.layers.2.mlp.up_proj"):
         prune_layer(W, H, "sparsegpt", sparsity=0.5, name="model.layers.2.mlp.up_proj")
+
+
+def test_parameters_with_grad_are_accepted_and_left_alone():
+    W, X, H = correlated_layer(4, 16, seed=4)
+    P = torch.nn.Parameter(W.clone())
+    res = prune_layer(P, H, "sparsegpt", sparsity=0.5)
+    assert not res.W.requires_grad and torch.equal(P.data, W)

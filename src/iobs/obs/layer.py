@@ -110,6 +110,11 @@ def prune_layer(
     labels the layer in damping warnings and errors.
     """
     sparsity, nm, percdamp = _check_args(W, H, method, sparsity, pattern, blocksize, percdamp)
+    with torch.no_grad():
+        return _prune(W.detach(), H.detach(), method, sparsity, nm, per_row, blocksize, percdamp, name)
+
+
+def _prune(W, H, method, sparsity, nm, per_row, blocksize, percdamp, name) -> LayerResult:
     t0 = time.perf_counter()
     dtype = _work_dtype(W)
     Wf = W.to(dtype)

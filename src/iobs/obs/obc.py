@@ -22,7 +22,7 @@ from iobs.obs.damping import damped_inverse
 from iobs.obs.projection import greedy_obs
 from iobs.obs.scores import row_budgets
 
-OBC_MEMORY_BYTES = 1 << 30
+OBC_MEMORY_BYTES = 1 << 29  # per chunk of rows; greedy_obs's temporaries add about as much again
 
 
 def obc(
