@@ -52,20 +52,21 @@ def perplexity(
     max_windows: int | None = None,
     device=None,
     progress: bool = True,
+    label: str | None = None,
 ) -> dict:
     """Perplexity of a causal LM (``model(input_ids).logits``) on ``data``.
 
     ``data``: a corpus name or file path (see ``iobs.data.text.load_text``), a string of text
     (``tokenizer`` needed for both), or a LongTensor of token ids (1-D stream, or already windowed
     ``(W, seqlen)``). ``device``: where the windows go; default: the model's device (the model is not
-    moved). Returns ``dict(ppl, nll, tokens, windows, seqlen, data)`` with ``nll`` the mean per scored
-    token.
+    moved). ``label`` names ``data`` in the progress bar and the result.
+    Returns ``dict(ppl, nll, tokens, windows, seqlen, data)`` with ``nll`` the mean per scored token.
     """
     seqlen = check_int_range("seqlen", seqlen, 2, 10_000_000)
     if max_windows is not None:
         max_windows = check_int_range("max_windows", max_windows, 1, 10_000_000)
     if torch.is_tensor(data):
-        label = "<token ids>"
+        data_label = "<token ids>"
         ids = data
         if ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"data token ids must be an integer tensor, got dtype {ids.dtype}")
@@ -74,13 +75,14 @@ def perplexity(
     elif isinstance(data, str):
         if tokenizer is None:
             raise TypeError("tokenizer is required when data is text or a corpus name")
-        text, label = _resolve_text(data)
+        text, data_label = _resolve_text(data)
         ids = encode(tokenizer, text)
     else:
         raise TypeError(
             f"data must be a corpus name, a text string or a LongTensor, got {type(data).__name__}"
         )
     windows = eval_windows(ids.long(), seqlen, max_windows)
+    label = label or data_label
     dev = _model_device(model) if device is None else resolve_device(device)
     was_training = model.training
     model.eval()

@@ -1,0 +1,239 @@
+"""``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda and SparseGPT and compare.
+
+One dense model, one calibration batch and one fixed set of evaluation windows per corpus; every
+method prunes a fresh copy of the dense model with :func:`iobs.prune.sequential.prune_decoder` and is
+scored on exactly the same windows (paired comparison). Writes ``results.json``, ``table.md`` and a
+bar chart ``demo.png`` to ``--out`` (replacing earlier demo results there, each file atomically).
+The defaults are cut down (16 calibration sequences, the first 16 windows of each corpus) so the demo
+finishes in minutes on 2 CPU cores; ``benchmarks/llm_quality.py`` runs the full 32x512 protocol.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="model name or folder (default smollm2-135m)")
+    parser.add_argument(
+        "--methods",
+        type=_csv,
+        default=list(METHODS),
+        help="comma-separated (default magnitude,wanda,sparsegpt)",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--sparsity", type=float, default=None, help="fraction pruned (default 0.5)")
+    target.add_argument("--pattern", default=None, help="N:M semi-structured pattern instead, e.g. 2:4")
+    parser.add_argument("--calib", default="wiki", help="calibration text (default wiki = wiki-calib)")
+    parser.add_argument("--nsamples", type=int, default=16, help="calibration sequences (default 16)")
+    parser.add_argument(
+        "--seqlen", type=int, default=512, help="tokens per calibration sequence and eval window"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval",
+        type=_csv,
+        default=["wiki-test", "news"],
+        help="comma-separated corpora (default wiki-test,news)",
+    )
+    parser.add_argument(
+        "--max-windows", type=int, default=16, help="first N windows of each corpus (default 16; 0 = all)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    parser.add_argument("--out", default="runs/demo", help="folder for results.json, table.md, demo.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _eval_windows(tok, corpora: list[str], seqlen: int, max_windows: int | None) -> dict[str, torch.Tensor]:
+    """The fixed evaluation windows of every corpus (computed once, shared by all methods)."""
+    from iobs.data.calibration import encode
+    from iobs.data.text import load_text
+    from iobs.eval.perplexity import eval_windows
+
+    return {name: eval_windows(encode(tok, load_text(name)), seqlen, max_windows) for name in corpora}
+
+
+def _score(model, windows: dict[str, torch.Tensor], seqlen: int, device, progress: bool) -> dict[str, dict]:
+    from iobs.eval.perplexity import perplexity
+
+    out = {}
+    for name, w in windows.items():
+        out[name] = perplexity(model, data=w, seqlen=seqlen, device=device, progress=progress, label=name)
+    return out
+
+
+def run_demo(args) -> dict:
+    """The whole demo; returns the results dict (also written to ``args.out``)."""
+    from iobs._validate import check_int_range, check_sparsity, parse_nm
+    from iobs.commands.evaluate import load_any
+    from iobs.data.calibration import calibration_batch
+    from iobs.prune.report import summarize
+    from iobs.prune.sequential import prune_decoder
+    from iobs.utils import environment, resolve_device
+
+    methods = list(args.methods)
+    for m in methods:
+        if m not in METHODS + ("obc",):
+            raise ValueError(f"methods must be among {', '.join(METHODS + ('obc',))}, got {m!r}")
+    if not methods:
+        raise ValueError("methods must name at least one method, got none")
+    pattern = args.pattern
+    if pattern is not None:
+        parse_nm(pattern, "pattern")
+    sparsity = None if pattern else check_sparsity(0.5 if args.sparsity is None else args.sparsity)
+    nsamples = check_int_range("nsamples", args.nsamples, 1, 100_000)
+    seqlen = check_int_range("seqlen", args.seqlen, 2, 1_000_000)
+    max_windows = check_int_range("max_windows", args.max_windows, 0, 10_000_000) or None
+    dev = resolve_device(args.device)
+    progress = not args.quiet
+    say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+
+    t0 = time.perf_counter()
+    say(f"loading {args.model} ...")
+    dense, tok = load_any(args.model, "cpu", torch.float32)
+    load_s = time.perf_counter() - t0
+    say(f"calibration: {nsamples} x {seqlen} tokens from {args.calib} (seed {args.seed})")
+    calib = calibration_batch(tok, args.calib, nsamples, seqlen, args.seed)
+    windows = _eval_windows(tok, args.eval, seqlen, max_windows)
+    say("evaluation windows: " + ", ".join(f"{k} {v.shape[0]}x{seqlen}" for k, v in windows.items()))
+
+    say("evaluating dense ...")
+    dense.to(dev)
+    rows = [
+        {
+            "method": "dense",
+            "sparsity": 0.0,
+            "ppl": _score(dense, windows, seqlen, dev, progress),
+            "prune_s": 0.0,
+        }
+    ]
+    dense.to("cpu")
+    for method in methods:
+        say(f"pruning with {method} ...")
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        records = prune_decoder(
+            model, calib, method=method, sparsity=sparsity, pattern=pattern, progress=progress, device=dev
+        )
+        prune_s = time.perf_counter() - t0
+        model.to(dev)
+        summary = summarize(records)
+        rows.append(
+            {
+                "method": method,
+                "sparsity": summary["sparsity"],
+                "ppl": _score(model, windows, seqlen, dev, progress),
+                "prune_s": prune_s,
+                "rel_error_mean": summary["rel_error_mean"],
+                "layers": summary["layers"],
+            }
+        )
+        del model
+    results = {
+        "model": args.model,
+        "target": pattern or f"{sparsity:g}",
+        "calibration": {"source": args.calib, "nsamples": nsamples, "seqlen": seqlen, "seed": args.seed},
+        "eval": {
+            k: {"windows": int(v.shape[0]), "seqlen": seqlen, "tokens": int(v.shape[0]) * (seqlen - 1)}
+            for k, v in windows.items()
+        },
+        "device": str(dev),
+        "load_seconds": load_s,
+        "rows": rows,
+        "environment": environment(),
+    }
+    write_outputs(results, Path(args.out))
+    return results
+
+
+def format_table(results: dict) -> str:
+    from iobs.utils import markdown_table
+
+    corpora = list(results["eval"])
+    cal = results["calibration"]
+    target = results["target"]
+    target = f"{float(target):.0%} unstructured" if ":" not in target else f"{target} semi-structured"
+    win = "; ".join(
+        f"{k}: {v['windows']} windows x {v['seqlen']} ({v['tokens']} tokens scored)"
+        for k, v in results["eval"].items()
+    )
+    head = (
+        f"## {results['model']}, {target}\n\n"
+        f"calibration {cal['nsamples']} x {cal['seqlen']} tokens from {cal['source']} (seed {cal['seed']}); "
+        f"perplexity on the first non-overlapping windows, the same for every method: {win}; "
+        f"device {results['device']}\n\n"
+    )
+    rows = []
+    for r in results["rows"]:
+        row = {"method": r["method"], "sparsity": f"{r['sparsity']:.2%}"}
+        for c in corpora:
+            row[f"ppl {c}"] = f"{r['ppl'][c]['ppl']:.2f}"
+        row["prune s"] = f"{r['prune_s']:.1f}" if r["method"] != "dense" else "-"
+        rows.append(row)
+    return head + markdown_table(rows)
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", format_table(results))
+    atomic_write_bytes(out / "demo.png", _chart(results))
+
+
+def _chart(results: dict) -> bytes:
+    """Grouped bars: perplexity per method and corpus (log scale), values written on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora = list(results["eval"])
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    width = 0.8 / len(corpora)
+    for j, c in enumerate(corpora):
+        xs = [i + (j - (len(corpora) - 1) / 2) * width for i in range(len(rows))]
+        vals = [r["ppl"][c]["ppl"] for r in rows]
+        bars = ax.bar(xs, vals, width, label=c)
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), [r["method"] for r in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("perplexity (log scale, lower is better)")
+    cal = results["calibration"]
+    ax.set_title(
+        f"{results['model']} pruned to {results['target']} ({cal['nsamples']}x{cal['seqlen']} calibration)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    results = run_demo(args)
+    print()
+    print(format_table(results))
+    print(
+        f"total {time.perf_counter() - t0:.0f}s; wrote {Path(args.out) / 'results.json'}, table.md, demo.png"
+    )
+    return 0

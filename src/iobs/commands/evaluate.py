@@ -1,0 +1,142 @@
+"""``iobs eval MODEL_OR_DIR``: perplexity of a dense or pruned model on one or more corpora."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "model",
+        metavar="MODEL_OR_DIR",
+        help="smollm2-135m, a pruned checkpoint folder, a .gguf file or a hub id",
+    )
+    parser.add_argument(
+        "--data",
+        type=_csv,
+        default=["wiki-test", "news"],
+        help="comma-separated corpora: wiki-test, wiki-val, wiki-calib, news, wikitext2, c4 or text FILEs "
+        "(default wiki-test,news)",
+    )
+    parser.add_argument(
+        "--seqlen", type=int, default=512, help="tokens per non-overlapping window (default 512)"
+    )
+    parser.add_argument(
+        "--max-windows", type=int, default=None, help="score only the first N windows of each"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_any(name: str, device, dtype: torch.dtype):
+    """(model, tokenizer): ``tiny-<arch>`` test models or anything :func:`iobs.models.load_model` accepts."""
+    if name.startswith("tiny-"):
+        from iobs.models.tiny import load_tiny
+
+        model, tok = load_tiny(name, dtype=dtype)
+        return model.to(device), tok
+    from iobs.models import load_model
+
+    return load_model(name, device=device, dtype=dtype)
+
+
+def linear_sparsity(model: torch.nn.Module) -> float:
+    """Fraction of exact zeros over the weights of every ``nn.Linear`` except the output head."""
+    out_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    zeros = total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not out_head:
+            zeros += int((module.weight == 0).sum())
+            total += module.weight.numel()
+    return zeros / total if total else 0.0
+
+
+def evaluate(
+    model_name: str,
+    data: list[str],
+    seqlen=512,
+    max_windows=None,
+    device="auto",
+    dtype="float32",
+    progress=True,
+) -> dict:
+    """Load ``model_name`` and compute perplexity on each corpus of ``data``; returns a JSON-able dict."""
+    from iobs.eval.perplexity import perplexity
+    from iobs.utils import environment, resolve_device
+
+    if not data:
+        raise ValueError("data must name at least one corpus or text file, got an empty list")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    model, tok = load_any(model_name, dev, DTYPES[dtype])
+    load_s = time.perf_counter() - t0
+    results = []
+    for name in data:
+        t0 = time.perf_counter()
+        r = perplexity(
+            model, tok, data=name, seqlen=seqlen, max_windows=max_windows, device=dev, progress=progress
+        )
+        r["seconds"] = time.perf_counter() - t0
+        results.append(r)
+    return {
+        "model": model_name,
+        "linear_sparsity": linear_sparsity(model),
+        "dtype": dtype,
+        "device": str(dev),
+        "load_seconds": load_s,
+        "results": results,
+        "environment": environment(),
+    }
+
+
+def format_results(out: dict) -> str:
+    from iobs.utils import markdown_table
+
+    rows = [
+        {
+            "data": r["data"],
+            "ppl": r["ppl"],
+            "nll": r["nll"],
+            "tokens scored": r["tokens"],
+            "windows": r["windows"],
+            "seqlen": r["seqlen"],
+            "seconds": f"{r['seconds']:.1f}",
+        }
+        for r in out["results"]
+    ]
+    head = (
+        f"## perplexity of {out['model']} ({out['dtype']}, {out['device']}; "
+        f"zeros in linear weights {out['linear_sparsity']:.2%})\n\n"
+    )
+    foot = "\nnon-overlapping windows; every token after the first of each window is scored\n"
+    return head + markdown_table(rows, floatfmt=".4f") + foot
+
+
+def run(args) -> int:
+    from iobs.utils import atomic_write_json
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = evaluate(
+        args.model, args.data, args.seqlen, args.max_windows, args.device, args.dtype, not args.quiet
+    )
+    print(format_results(out))
+    if args.json:
+        atomic_write_json(args.json, out)
+        print(f"saved: {args.json}")
+    return 0
