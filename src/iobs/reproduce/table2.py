@@ -97,13 +97,11 @@ def run_one(args, pattern: str, setting: dict, out: Path) -> dict:
             return done
     model, tok = load(args.model, torch.float32)
     t0 = time.perf_counter()
+    # what determines the weights (the iteration count is left out so a rerun can extend a run)
     key = json.dumps(
-        [_config(args, exclude=("iterations", "patterns", "settings", "out", "device")), name], sort_keys=True
+        [{k: getattr(args, k) for k in ("model", "nsamples", "seqlen", "windows", "seed")}, name]
     )
-    dense_key = json.dumps(
-        _config(args, exclude=("iterations", "patterns", "settings", "out", "device", "nsamples", "seed")),
-        sort_keys=True,
-    )
+    dense_key = json.dumps([args.model, args.seqlen, args.windows])
     step = {k: v for k, v in setting.items()}
     res = iobs_prune_lm(
         model,
@@ -189,8 +187,8 @@ def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]
     return main, tried
 
 
-def _config(args, exclude: tuple = ()) -> dict:
-    return {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in exclude}
+def _config(args) -> dict:
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
 def _label(setting: dict) -> str:
