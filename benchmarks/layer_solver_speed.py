@@ -6,12 +6,14 @@ For every layer shape (d_out × d_in) it times, in the same run and with the sam
 * ``plain``: an unblocked column-by-column OBS written here: the same damped Hinv Cholesky factor and
   the same mask rule, but every column's update is applied at once to all later columns
   (W[:, i:] -= err ⊗ U[i, i:]), i.e. without lazy batching. Its result must equal ours (printed);
-* the matmul rate: float32 n×n GEMM (n = 4096 by default), 2n³ flop per product.
+* the matmul rate: float32 n×n GEMM (n = 2048 by default), 2n³ flop per product, measured right
+  before each layer (the other jobs on a shared machine change it during the run).
 
-FLOP count of SparseGPT as implemented (multiply and add counted separately): Cholesky of H, the
-inverse from it and the Cholesky of the inverse, 4/3·d_in³ together, plus the weight updates exactly as
-scheduled (rank-1 updates inside 32-column sub-blocks, sub-block and block trailing products),
-about 2·d_out·d_in² in total for large d_in. "% of matmul" = (flop / time) / matmul rate.
+FLOP count (multiply and add counted separately) of the work SparseGPT needs: the factor U = R⁻¹ with
+H_λ = R Rᵀ, i.e. a Cholesky (d_in³/3) and a triangular inverse (d_in³/3) — our recursive inverse performs
+more, which counts against us — plus the updates, each column's error applied once to every later
+column as scheduled (rank-1 inside 32-column sub-blocks, then sub-block and block trailing products),
+about d_out·d_in² in total. "% of matmul" = (flop / time) / matmul rate.
 
 Usage:
     .venv/bin/python benchmarks/layer_solver_speed.py --threads 2 \
@@ -29,6 +31,7 @@ import time
 import torch
 
 from iobs._validate import n_pruned
+from iobs.obs.damping import inverse_cholesky
 from iobs.obs.layer import layer_error
 from iobs.obs.sparsegpt import INNER, sparsegpt
 from iobs.utils import atomic_write_text, markdown_table
@@ -58,7 +61,7 @@ def sync(device):
 
 def sparsegpt_flops(rows: int, cols: int, blocksize: int = 128, inner: int = INNER) -> float:
     """Flops of the factorisations plus the update schedule of iobs.obs.sparsegpt."""
-    flops = 4 / 3 * cols**3
+    flops = 2 / 3 * cols**3
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         for j1 in range(i1, i2, inner):
@@ -76,11 +79,8 @@ def plain_obs(
     after each column, its error updates all later columns at once (in place, contiguous layout)."""
     rows, cols = W.shape
     Wt = W.t().contiguous()  # column i of W is row i of Wt
-    Hd = H.clone()
-    diag = torch.diagonal(Hd)
-    diag[diag == 0] = 1
-    diag += percdamp * diag.mean()
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+    Wt[torch.diagonal(H) == 0] = 0
+    U, _ = inverse_cholesky(H, percdamp)  # the same factor: the ratio measures the update schedule
     keep = torch.ones_like(Wt, dtype=torch.bool)
     for i in range(cols):
         if i % blocksize == 0:
@@ -193,12 +193,13 @@ def main(argv=None) -> int:
         f"- matmul rate: float32 {args.matmul_n}² GEMM, best of 3, measured right before each layer "
         "(column 'matmul GFLOP/s'); '% of matmul' compares wall-clock rates, '(CPU s)' process CPU-time "
         "rates, which the other jobs on the machine disturb less",
-        "- FLOP: Cholesky, inverse and Cholesky of the inverse (4/3·d_in³) plus the update schedule "
-        "(≈ 2·d_out·d_in²); 'masks differ': entries where float rounding flips a borderline choice, "
+        "- FLOP: Cholesky and triangular inverse (2/3·d_in³) plus the updates (≈ d_out·d_in²); "
+        "'masks differ': entries where float rounding flips a borderline choice, "
         "'error rel. diff': |e_plain − e_ours| / e_ours of the layer errors tr(ΔW H ΔWᵀ)",
         "- task: 50 % unstructured, blocksize "
         f"{args.blocksize}, float32, H = X Xᵀ from random inputs of log-normal scale; 'plain' = unblocked "
-        "column-by-column OBS (same Hinv factor and mask rule, eager rank-1 updates of all later columns)",
+        "column-by-column OBS (same Hinv factor from iobs.obs.damping and the same mask rule, eager "
+        "rank-1 updates of all later columns)",
         "",
     ]
     text = "\n".join(header) + markdown_table(rows_out, floatfmt=".3g")

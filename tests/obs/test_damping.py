@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from iobs.obs.damping import damped, damped_inverse, dead_inputs, inverse_cholesky
+from iobs.obs.damping import damped, damped_inverse, dead_inputs, inverse_cholesky, upper_triangular_inverse
 
 
 def test_damped_adds_fraction_of_mean_diagonal_and_fixes_dead_inputs():
@@ -72,3 +72,22 @@ def test_bad_hessians(H, match):
 def test_bad_percdamp():
     with pytest.raises(ValueError, match="percdamp"):
         inverse_cholesky(torch.eye(2), -0.1)
+
+
+@pytest.mark.parametrize("base", [1, 4, 256])
+def test_upper_triangular_inverse(base):
+    g = torch.Generator().manual_seed(1)
+    R = torch.randn(37, 37, generator=g, dtype=torch.float64).triu() + 6 * torch.eye(37, dtype=torch.float64)
+    Rinv = upper_triangular_inverse(R, base=base)
+    assert torch.equal(Rinv, Rinv.triu())
+    torch.testing.assert_close(R @ Rinv, torch.eye(37, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_inverse_cholesky_equals_the_cholesky_of_the_explicit_inverse_on_a_larger_matrix():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(300, 200, generator=g, dtype=torch.float64)
+    H = X @ X.T
+    U, lam = inverse_cholesky(H, 0.01)
+    Hd, _ = damped(H, 0.01)
+    expected = torch.linalg.cholesky(torch.linalg.inv(Hd), upper=True)
+    torch.testing.assert_close(U, expected, rtol=1e-7, atol=1e-10)
