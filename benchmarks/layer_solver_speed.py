@@ -6,8 +6,8 @@ For every layer shape (d_out × d_in) it times, in the same run and with the sam
 * ``plain``: an unblocked column-by-column OBS written here: the same damped Hinv Cholesky factor and
   the same mask rule, but every column's update is applied at once to all later columns
   (W[:, i:] -= err ⊗ U[i, i:]), i.e. without lazy batching. Its result must equal ours (printed);
-* the matmul rate: float32 n×n GEMM (n = 2048 by default), 2n³ flop per product, measured right
-  before each layer (the other jobs on a shared machine change it during the run).
+* the matmul rate: float32 n×n GEMM (n = 2048 by default), 2n³ flop per product, sampled around every
+  timed run (the other jobs on a shared machine change it during the run).
 
 FLOP count (multiply and add counted separately) of the work SparseGPT needs: the factor U = R⁻¹ with
 H_λ = R Rᵀ, i.e. a Cholesky (d_in³/3) and a triangular inverse (d_in³/3) — our recursive inverse performs
@@ -45,13 +45,32 @@ SMOLLM2_SHAPES = [
 ]
 
 
-def matmul_rate(n: int, device, repeats: int = 3) -> tuple[float, float]:
-    """Best-of-``repeats`` float32 n×n GEMM rate in flop per wall second and per process CPU second."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b  # warm up
-    wall, cpu, _ = time_call(lambda: a @ b, device, repeats)
-    return 2 * n**3 / wall, 2 * n**3 / cpu
+class MatmulMeter:
+    """Float32 n×n GEMM rate sampled for ``seconds`` at a time around each solver run; the reported rate is
+    total flop / total time over all samples, so it sees the same (shared-machine) load as the runs."""
+
+    def __init__(self, n: int, device, seconds: float = 1.0):
+        self.a = torch.randn(n, n, device=device)
+        self.b = torch.randn(n, n, device=device)
+        self.n, self.device, self.seconds = n, device, seconds
+        self.a @ self.b  # warm up
+        self.reset()
+
+    def reset(self):
+        self.flop, self.wall, self.cpu = 0.0, 0.0, 0.0
+
+    def sample(self):
+        sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < self.seconds:
+            self.a @ self.b
+            sync(self.device)
+            self.flop += 2 * self.n**3
+        self.wall += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+
+    def rates(self) -> tuple[float, float]:
+        return self.flop / self.wall, self.flop / self.cpu
 
 
 def sync(device):
@@ -105,24 +124,29 @@ def layer_problem(rows: int, cols: int, device, seed: int = 0):
     return W.to(device), (X @ X.T).to(device)
 
 
-def time_call(fn, device, repeats: int):
-    """Best-of-``repeats`` (wall seconds, process CPU seconds) and the last result."""
-    best, best_cpu, out = float("inf"), float("inf"), None
+def time_call(fn, device, repeats: int, meter: MatmulMeter | None = None):
+    """Mean (wall seconds, process CPU seconds) over ``repeats`` runs and the last result; with a meter,
+    the matmul rate is sampled before and after every run."""
+    wall, cpu, out = 0.0, 0.0, None
     for _ in range(repeats):
+        if meter is not None:
+            meter.sample()
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         sync(device)
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return best, best_cpu, out
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        if meter is not None:
+            meter.sample()
+    return wall / repeats, cpu / repeats, out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=2, help="best of N timings for ours (default 2)")
+    ap.add_argument("--repeats", type=int, default=2, help="mean of N timings for ours (default 2)")
     ap.add_argument("--blocksize", type=int, default=128)
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--plain-max-cols", type=int, default=4096, help="skip the plain OBS above this d_in")
@@ -136,13 +160,16 @@ def main(argv=None) -> int:
         wanted = {s.strip() for s in args.only.split(",")}
         shapes = [s for s in shapes if any(w in s[0] for w in wanted)]
 
+    meter = MatmulMeter(args.matmul_n, device)
     rows_out = []
     for label, rows, cols in shapes:
         W, H = layer_problem(rows, cols, device)
-        rate, rate_cpu = matmul_rate(args.matmul_n, device)  # right before: the load changes over the run
+        sparsegpt(W, H, 0.5, blocksize=args.blocksize)  # warm up
+        meter.reset()
         t_ours, c_ours, (W_ours, mask_ours, _) = time_call(
-            lambda W=W, H=H: sparsegpt(W, H, 0.5, blocksize=args.blocksize), device, args.repeats
+            lambda W=W, H=H: sparsegpt(W, H, 0.5, blocksize=args.blocksize), device, args.repeats, meter
         )
+        rate, rate_cpu = meter.rates()
         flops = sparsegpt_flops(rows, cols, args.blocksize)
         row = {
             "layer": label,
@@ -189,10 +216,11 @@ def main(argv=None) -> int:
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {model}, nproc {os.cpu_count()}, "
         f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, device {device}",
         f"- load average at the end (1/5/15 min): {load}; the machine is shared with other jobs, so "
-        "timings are noisy (best of repeats for ours, one run for plain)",
-        f"- matmul rate: float32 {args.matmul_n}² GEMM, best of 3, measured right before each layer "
-        "(column 'matmul GFLOP/s'); '% of matmul' compares wall-clock rates, '(CPU s)' process CPU-time "
-        "rates, which the other jobs on the machine disturb less",
+        "timings are noisy (plain: one run)",
+        f"- matmul rate: float32 {args.matmul_n}² GEMM sampled for 1 s before and after every timed run "
+        "of ours, total flop / total time (column 'matmul GFLOP/s'), so that it sees the same load; "
+        f"'ours s' is the mean of {args.repeats} runs; '% of matmul' compares wall-clock rates, "
+        "'(CPU s)' process CPU-time rates (meaningful with --threads 1: idle OpenMP threads spin)",
         "- FLOP: Cholesky and triangular inverse (2/3·d_in³) plus the updates (≈ d_out·d_in²); "
         "'masks differ': entries where float rounding flips a borderline choice, "
         "'error rel. diff': |e_plain − e_ours| / e_ours of the layer errors tr(ΔW H ΔWᵀ)",

@@ -146,3 +146,14 @@ def test_parameters_with_grad_are_accepted_and_left_alone():
     P = torch.nn.Parameter(W.clone())
     res = prune_layer(P, H, "sparsegpt", sparsity=0.5)
     assert not res.W.requires_grad and torch.equal(P.data, W)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_matches_cpu(method):
+    W, X, H = correlated_layer(8, 32, seed=5)
+    cpu = prune_layer(W, H, method, sparsity=0.5)
+    gpu = prune_layer(W.cuda(), H.cuda(), method, sparsity=0.5)
+    assert gpu.W.device.type == "cuda" and gpu.mask.device.type == "cuda"
+    assert torch.equal(gpu.mask.cpu(), cpu.mask)
+    torch.testing.assert_close(gpu.W.cpu(), cpu.W, rtol=1e-8, atol=1e-8)
