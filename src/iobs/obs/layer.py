@@ -7,7 +7,15 @@ for the reported error). The reported error is the layer reconstruction error
     ‖W X − Ŵ X‖_F² = tr((W − Ŵ) H (W − Ŵ)ᵀ)
 
 with the undamped H. Work is done in float32, or float64 when W is float64 (H is cast to match);
-Ŵ is returned in W's dtype and on W's device.
+Ŵ is returned in W's dtype and on W's device (the device of W decides where the work runs).
+
+Budgets are exact for every method: ``sparsity`` s prunes floor(s·d_out·d_in) weights per layer, or
+floor(s·d_in) in every row with ``per_row``; ``pattern`` N:M keeps exactly N of every M consecutive
+inputs in each row. Where the weights compete: magnitude over the whole matrix; SparseGPT over each
+block of columns (budget split over blocks, see iobs.obs.sparsegpt); Wanda and OBC within each row
+(the per-layer budget split as floor(P/d_out) or one more per row, see iobs.obs.scores). ``mask``
+is the pruning decision; Ŵ is 0 wherever the mask is False, and may also be 0 where the weight was
+already 0 or its input is dead (H_jj = 0, zeroed by SparseGPT and OBC at no cost).
 """
 
 from __future__ import annotations

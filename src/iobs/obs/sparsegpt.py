@@ -14,7 +14,10 @@ using the weights as updated so far. Unstructured: the mask of a block is chosen
 starts, from w²/U_ii² of the updated weights, with an exact budget per block so that the layer gets
 exactly floor(s·rows·cols) (per layer) or every row floor(s·cols) (``per_row``) pruned:
 block [i1, i2) prunes floor(s·R·i2) − floor(s·R·i1) weights chosen over the whole block
-(R = rows), or floor(s·i2) − floor(s·i1) in every row.
+(R = rows), or floor(s·i2) − floor(s·i1) in every row. Ties keep the lower index (row-major).
+
+The loop runs on Wᵀ so that a column of W and every update are contiguous in memory. Dead inputs
+(H_jj = 0) are zeroed first, as in SparseGPT (see iobs.obs.damping).
 """
 
 from __future__ import annotations
