@@ -5,12 +5,18 @@ import torch
 
 from iobs.data.calibration import calibration_batch, encode, sample_windows
 from iobs.data.text import load_text
-from iobs.models.tiny import tiny_tokenizer
+
+
+class ByteTokenizer:
+    """token id == UTF-8 byte, so windows decode back to exact substrings (and encoding is instant)."""
+
+    def __call__(self, text, **kwargs):
+        return {"input_ids": list(text.encode("utf-8"))}
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return tiny_tokenizer()  # byte-level: token id == byte, so windows decode back to exact substrings
+    return ByteTokenizer()
 
 
 def test_shape_dtype_and_seeding(tok, tmp_path):
