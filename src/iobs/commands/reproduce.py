@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
             if e.name == modname:
                 continue
             raise
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
+        summary = (mod.__doc__ or "").strip().splitlines()[0].replace("%", "%%") if mod.__doc__ else None
+        p = sub.add_parser(name, help=summary, description=summary)
         mod.add_arguments(p)
         p.set_defaults(_target_run=mod.run)
 
