@@ -16,7 +16,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ class Figure1Config:
     n_factor: float = 2.0
     k_factor: int = 2
     max_iter: int = 500
+    show_iter: int = 3
     tol: float | None = None
     solvers: list[str] = field(default_factory=lambda: ["kiht", "topk-iobs", "iobs"])
     seed: int = 0
@@ -73,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-iter", type=int, default=None, help="iterations per solve (default 500, --quick 250)"
+    )
+    parser.add_argument(
+        "--show-iter",
+        type=int,
+        default=3,
+        help="digit grid: also show every solver after this many iterations",
     )
     parser.add_argument(
         "--tol", type=float, default=None, help="solver stopping tolerance (default: the solver's)"
@@ -101,6 +108,7 @@ def config_from_args(args) -> Figure1Config:
         runs=args.runs if args.runs is not None else (3 if quick else 20),
         digits=args.digits if args.digits is not None else (1 if quick else 5),
         max_iter=args.max_iter if args.max_iter is not None else (250 if quick else 500),
+        show_iter=args.show_iter,
         tol=None if args.tol is None else float(args.tol),
         solvers=[s.strip() for s in str(args.solvers).split(",") if s.strip()],
         seed=args.seed,
@@ -117,6 +125,7 @@ def validate_config(cfg: Figure1Config) -> Figure1Config:
     check_int_range("runs", cfg.runs, 0, 10_000)
     check_int_range("digits", cfg.digits, 0, 10)
     check_int_range("max_iter", cfg.max_iter, 1, 10**6)
+    check_int_range("show_iter", cfg.show_iter, 1, 10**6)
     check_int_range("seed", cfg.seed, 0, 2**62)
     if cfg.runs == 0 and cfg.digits == 0:
         raise ValueError("runs and digits are both 0: nothing to do")
@@ -270,7 +279,13 @@ def run_fig1b(cfg: Figure1Config, progress=None) -> tuple[dict, list[dict]]:
             {"index": idx, "label": int(ds.labels[idx]), "k_star": p.k_star, "k": k, "image": ds.images[idx]}
         )
         for s in cfg.solvers:
-            per_solver[s].append(solve_problem(p, k, s, cfg))
+            rec = solve_problem(p, k, s, cfg)
+            # the digit after only show_iter iterations (a rerun, as the history keeps no iterates)
+            if rec["n_iter"] > cfg.show_iter:
+                rec["theta_early"] = solve_problem(p, k, s, replace(cfg, max_iter=cfg.show_iter))["theta"]
+            else:
+                rec["theta_early"] = rec["theta"]
+            per_solver[s].append(rec)
             if progress:
                 progress(f"fig1b digit {j + 1}/{len(indices)} {s}")
     return per_solver, digits
@@ -332,19 +347,24 @@ def plot_curves(per_solver: dict, title: str):
     return data
 
 
-def plot_digits(per_solver: dict, digits: list[dict]):
-    """Grid: one row per digit, columns original then each solver's recovery clipped to 0..255."""
+def plot_digits(per_solver: dict, digits: list[dict], show_iter: int):
+    """Grid: one row per digit; columns: original, every solver after ``show_iter`` iterations, then the
+    final recovery of the solvers that needed more iterations; all clipped to 0..255."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     solvers = list(per_solver)
-    cols = 1 + len(solvers)
+    late = [s for s in solvers if any(r["n_iter"] > show_iter for r in per_solver[s])]
+    cols = 1 + len(solvers) + len(late)
     fig, axes = plt.subplots(len(digits), cols, figsize=(1.8 * cols, 1.9 * len(digits)), squeeze=False)
     for i, dg in enumerate(digits):
-        imgs = [dg["image"].to(torch.float64)] + [per_solver[s][i]["theta"].reshape(28, 28) for s in solvers]
-        names = ["original"] + [LABELS.get(s, s) for s in solvers]
+        imgs = [dg["image"].to(torch.float64)]
+        imgs += [per_solver[s][i]["theta_early"].reshape(28, 28) for s in solvers]
+        imgs += [per_solver[s][i]["theta"].reshape(28, 28) for s in late]
+        names = ["original"] + [f"{LABELS.get(s, s)}\n{show_iter} it." for s in solvers]
+        names += [f"{LABELS.get(s, s)}\nfinal" for s in late]
         for j, (img, name) in enumerate(zip(imgs, names)):
             ax = axes[i, j]
             ax.imshow(img.clamp(0, 255).numpy(), cmap="gray", vmin=0, vmax=255)
@@ -386,7 +406,7 @@ def table_rows(case: str, per_solver: dict) -> list[dict]:
 
 def _strip(records: list[dict]) -> list[dict]:
     return [
-        {k: v for k, v in r.items() if k not in ("theta", "objective_curve", "distance_curve")}
+        {k: v for k, v in r.items() if k not in ("theta", "theta_early", "objective_curve", "distance_curve")}
         for r in records
     ]
 
@@ -423,7 +443,7 @@ def run_figure1(cfg: Figure1Config, out: str | Path, progress=None) -> dict:
         }
         title = f"Fig. 1b: MNIST digits as θ*, d=784, n={round(cfg.n_factor * 784)}, k={cfg.k_factor}k*"
         atomic_write_bytes(out / "fig1b.png", plot_curves(b, f"{title}, {len(digits)} digits"))
-        atomic_write_bytes(out / "fig1b_digits.png", plot_digits(b, digits))
+        atomic_write_bytes(out / "fig1b_digits.png", plot_digits(b, digits, cfg.show_iter))
         results["files"] += ["fig1b.png", "fig1b_digits.png"]
         rows += table_rows("1b MNIST", b)
     results["total_time_s"] = time.perf_counter() - t_start
