@@ -184,6 +184,9 @@ def greedy_obs(
         if isinstance(n_prune, bool) or not 0 <= int(n_prune) <= d:
             raise ValueError(f"n_prune must be an integer in [0, {d}], got {n_prune!r}")
     n_prune = int(n_prune)
+    if r == 1 and nm is None:
+        w_new, keep, _ = _greedy_obs_row(rows[0], Hinv, n_prune)
+        return (w_new, keep) if vec else (w_new[None], keep[None])
     chunk_rows = chunk_rows or _default_chunk_rows(d, rows.element_size())
     W_out = rows.clone()
     mask_out = torch.ones(r, d, dtype=torch.bool, device=rows.device)
@@ -192,31 +195,55 @@ def greedy_obs(
         w = W_out[start : start + chunk_rows]
         c = w.shape[0]
         Hc = Hinv.expand(c, d, d).clone()
+        diag = Hc.diagonal(dim1=1, dim2=2)  # a view: follows the downdates
+        pen = torch.zeros(c, d, dtype=rows.dtype, device=rows.device)  # +inf = not removable
         keep = torch.ones(c, d, dtype=torch.bool, device=rows.device)
         if nm is not None:
             removed = torch.zeros(c, d // M, dtype=torch.long, device=rows.device)
+            group_pen = pen.view(c, d // M, M)
         ar = torch.arange(c, device=rows.device)
         for _ in range(n_prune):
-            diag = Hc.diagonal(dim1=1, dim2=2)
-            open_ = keep
-            if nm is not None:
-                open_ = keep & (removed < M - N).repeat_interleave(M, dim=1)
-            score = torch.where(open_, w * w / diag, inf)
-            i = score.argmin(dim=1)
+            i = (w * w / diag + pen).argmin(dim=1)
             col = Hc[ar, :, i]  # (c, d): Hinv[:, i] (symmetric)
             hii = col[ar, i]
-            w -= (w[ar, i] / hii)[:, None] * col
-            Hc -= col[:, :, None] * (col / hii[:, None])[:, None, :]
-            keep[ar, i] = False
-            w[~keep] = 0.0
+            w.addcmul_(col, (w[ar, i] / hii)[:, None], value=-1.0)
+            Hc.baddbmm_(col[:, :, None], (col / hii[:, None])[:, None, :], alpha=-1.0)
             Hc[ar, i, :] = 0.0
             Hc[ar, :, i] = 0.0
+            Hc[ar, i, i] = 1.0  # removed: w_i = 0 and score 0/1 + inf
+            w[ar, i] = 0.0
+            pen[ar, i] = inf
+            keep[ar, i] = False
             if nm is not None:
-                removed[ar, i // M] += 1
+                g = i // M
+                removed[ar, g] += 1
+                closed = removed[ar, g] >= M - N
+                group_pen[ar, g] += torch.where(closed, inf, 0.0)[:, None]
         W_out[start : start + c] = w
         mask_out[start : start + c] = keep
     W_out[~mask_out] = 0.0
     return (W_out.squeeze(0), mask_out.squeeze(0)) if vec else (W_out, mask_out)
+
+
+def _greedy_obs_row(w: torch.Tensor, Hinv: torch.Tensor, n_prune: int):
+    """``greedy_obs`` for one row without an N:M budget: the same formula with plain (cheap) indexing.
+    Also returns the downdated inverse, whose kept block is (H_QQ)⁻¹."""
+    w = w.clone()
+    Hinv = Hinv.clone()
+    diag = Hinv.diagonal()
+    pen = torch.zeros_like(w)
+    for _ in range(n_prune):
+        i = int((w * w / diag + pen).argmin())
+        col = Hinv[:, i].clone()
+        hii = float(col[i])
+        w.add_(col, alpha=-float(w[i]) / hii)
+        Hinv.addr_(col, col, alpha=-1.0 / hii)
+        Hinv[i].zero_()
+        Hinv[:, i].zero_()
+        Hinv[i, i] = 1.0
+        w[i] = 0.0
+        pen[i] = math.inf
+    return w, torch.isfinite(pen), Hinv
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,7 +94,13 @@ class LeastSquares(Objective):
         return LeastSquares(A, self.y.to(A))
 
     def residual(self, theta):
-        return self.A @ self._check_theta(theta) - self.y
+        """Aθ − y; the last one is remembered (value and grad at the same θ share it)."""
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is theta and last[1] == theta._version:
+            return last[2]
+        r = self.A @ self._check_theta(theta) - self.y
+        self._last = (theta, theta._version, r)
+        return r
 
     def value(self, theta):
         r = self.residual(theta)

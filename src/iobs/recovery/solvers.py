@@ -30,6 +30,7 @@ import torch
 from iobs._validate import check_finite, check_int_range, check_k
 from iobs.obs.masks import topk_mask
 from iobs.obs.projection import (
+    _greedy_obs_row,
     cholesky_or_raise,
     exact_support,
     greedy_obs,
@@ -104,6 +105,7 @@ class _Trace:
         self.t0 = time.perf_counter()
         self.history: list[dict] = []
         self.mask = theta != 0
+        self.best, self.since_best = math.inf, 0
         self._record(theta, 0, 0)
 
     def _record(self, theta, it, changes):
@@ -121,6 +123,15 @@ class _Trace:
                 time=time.perf_counter() - self.t0,
             )
         )
+        f = self.history[-1]["objective"]
+        if f < self.best * (1 - 1e-12) or (f == 0.0 and self.best > 0):
+            self.best, self.since_best = f, 0
+        else:
+            self.since_best += 1
+
+    def stalled(self, patience) -> bool:
+        """True when the objective has not reached a new minimum in ``patience`` iterations (cycling)."""
+        return patience is not None and self.since_best >= patience
 
     def step(self, theta_new, theta_old) -> bool:
         """Record θ_{t+1}; True when the relative step is below tol."""
@@ -302,35 +313,51 @@ def _fit_on_support(objective, theta, T, damping, newton_iters=50, tol=1e-12):
     return out, lam_max
 
 
-def _restricted_newton(objective, theta, T, damping):
-    """Minimiser of the quadratic model over supp ⊆ T: θ⁺_T = θ_T − H_TT⁻¹ g_T (for least squares the
-    least-squares fit on T). Returns (θ⁺, H_TT + λI restricted to T, λ)."""
-    idx = T.nonzero().squeeze(1)
-    out = torch.zeros_like(theta)
-    if isinstance(objective, LeastSquares):
-        AT = objective.A[:, idx]
-        HTT = AT.T @ AT
-        L, lam = _damped_cholesky(HTT, damping, "A_TᵀA_T")
-        out[idx] = torch.cholesky_solve((AT.T @ objective.y)[:, None], L).squeeze(1)
-    else:
-        g = objective.grad(theta)[idx]
-        HTT = objective.hessian(theta)[idx][:, idx]
-        L, lam = _damped_cholesky(HTT, damping, "H_TT")
-        out[idx] = theta[idx] - torch.cholesky_solve(g[:, None], L).squeeze(1)
-    if lam:
-        HTT = HTT + lam * torch.eye(len(idx), dtype=HTT.dtype, device=HTT.device)
-    return out, HTT, L, lam
+class _HessianBlocks:
+    """Blocks H_RC of ∇²f(θ) without forming H when a factor H = BᵀB + cI is known (least squares:
+    B = A, c = 0, the same at every θ, so Bᵀ and the diagonal are prepared once)."""
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.ready = False
+
+    def at(self, theta):
+        if self.ready and self.objective.is_quadratic:
+            return self
+        self.ready = True
+        factor = self.objective.hessian_factor(theta)
+        if factor is not None:
+            B, self.c = factor
+            self.Bt = B.T.contiguous()  # rows of Bᵀ = columns of B, gathered contiguously
+            self.H = None
+            self.diag = (B * B).sum(0) + self.c
+        else:
+            self.H = self.objective.hessian(theta)
+            self.diag = self.H.diagonal()
+        return self
+
+    def block(self, rows, cols):
+        if self.H is not None:
+            return self.H[rows][:, cols]
+        out = self.Bt[rows] @ self.Bt[cols].T
+        if self.c:
+            out = out + self.c * (rows[:, None] == cols[None, :]).to(out.dtype)
+        return out
 
 
-def _working_set(theta, g, k):
-    """T = supp θ ∪ (top-k of |g| outside supp θ)."""
-    supp = theta != 0
-    score = g.abs().masked_fill(supp, -1.0)
-    extra = min(k, int((~supp).sum()))
-    T = supp.clone()
-    if extra > 0:
-        T[torch.topk(score, extra).indices] = True
-    return T
+def _candidates(blocks, S, g, n):
+    """The ``n`` coordinates outside S of largest g_j²/H_jj (the gain of adding j with S frozen)."""
+    first = (g * g / blocks.diag.clamp_min(torch.finfo(g.dtype).tiny)).masked_fill(S, -1.0)
+    return torch.topk(first, min(n, int((~S).sum()))).indices
+
+
+def _addition_gain(blocks, g, Sidx, C, HSC, HSS_inv):
+    """Second-order gain of adding j ∈ C alone to S with S re-optimised (the OBS saliency read
+    backwards; for least squares the exact decrease of f): g_j² / (H_jj − H_jS H_SS⁻¹ H_Sj)."""
+    schur = blocks.diag[C]
+    if Sidx.numel():
+        schur = schur - (HSC * (HSS_inv @ HSC)).sum(0)
+    return g[C] ** 2 / schur.clamp_min(torch.finfo(g.dtype).tiny)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,38 +495,81 @@ def iobs(
     return trace.result(theta, converged, lam_used, "iobs", {"support": support})
 
 
-def _restricted(objective, k, theta0, max_iter, tol, theta_star, damping, device, dtype, projection, support):
-    objective, k, theta, theta_star, max_iter, tol = _setup(
-        objective, k, theta0, theta_star, max_iter, tol, device, dtype
-    )
+def _restricted(objective, k, setup, damping, projection, support, expand, select, patience, refine):
+    """The restricted I-OBS loop. Cached between iterations: S = supp θ (as indices), H_SS and H_SS⁻¹
+    (the kept block of the downdated inverse that greedy OBS leaves behind), so each iteration forms
+    only H_SC for the candidates C and H_EE for the e added coordinates E."""
+    if support not in ("greedy", "topk", "exact"):
+        raise ValueError(f"support must be one of 'greedy', 'topk', 'exact', got {support!r}")
+    if select not in ("obs", "gradient"):
+        raise ValueError(f"select must be 'obs' or 'gradient', got {select!r}")
+    objective, k, theta, theta_star, max_iter, tol = _setup(objective, k, *setup)
+    e = max(1, math.ceil(k / 8)) if expand is None else check_int_range("expand", expand, 1, objective.d)
+    patience = check_int_range("patience", patience, 1, 10**9)
     trace = _Trace(objective, theta, theta_star, tol)
-    lam_used, converged = 0.0, False
+    blocks = _HessianBlocks(objective)
+    lam_used, converged, g0 = 0.0, False, None
+    cache = None  # (Sidx, H_SS, H_SS⁻¹) valid for the current θ (quadratic objectives only)
     for _ in range(max_iter):
-        T = _working_set(theta, objective.grad(theta), k)
-        theta_plus, HTT, L, lam = _restricted_newton(objective, theta, T, damping)
-        lam_used = max(lam_used, lam)
-        idx = T.nonzero().squeeze(1)
-        if idx.numel() <= k:
-            new = theta_plus
-        elif projection == "topk":
-            new = _hard_threshold(theta_plus, k)
+        g = objective.grad(theta)
+        gnorm = float(g.norm())
+        g0 = gnorm if g0 is None else g0
+        if gnorm <= tol * g0 or gnorm == 0.0:  # stationary without the constraint: nothing left to gain
+            converged = True
+            break
+        blocks.at(theta)
+        S = theta != 0
+        if cache is None:
+            Sidx = S.nonzero().squeeze(1)
+            HSS = blocks.block(Sidx, Sidx)
+            HSS_inv = torch.cholesky_inverse(cholesky_or_raise(HSS, "H_SS")) if Sidx.numel() else HSS
         else:
-            tp = theta_plus[idx]
-            if support == "greedy":
-                Hinv = torch.cholesky_inverse(L if not lam else cholesky_or_raise(HTT, "H_TT"))
-                _, sub = greedy_obs(tp, 0.5 * (Hinv + Hinv.T), n_prune=idx.numel() - k)
-            elif support == "topk":
-                sub = topk_mask(tp.abs(), k)
-            else:
-                sub = exact_support(tp, HTT, k)
-            new = torch.zeros_like(theta)
+            Sidx, HSS, HSS_inv = cache
+        # working set T = S ∪ E, ordered [S, E]
+        if select == "obs":
+            C = _candidates(blocks, S, g, 2 * e + 8)
+            HSC = blocks.block(Sidx, C)
+            pick = torch.topk(_addition_gain(blocks, g, Sidx, C, HSC, HSS_inv), min(e, C.numel())).indices
+            E, HSE = C[pick], HSC[:, pick]
+        else:
+            E = torch.topk(g.abs().masked_fill(S, -1.0), min(e, int((~S).sum()))).indices
+            HSE = blocks.block(Sidx, E)
+        idx = torch.cat([Sidx, E])
+        HTT = torch.cat([torch.cat([HSS, HSE], 1), torch.cat([HSE.T, blocks.block(E, E)], 1)], 0)
+        # Newton step on T: θ⁺_T = H_TT⁻¹ (H_TT θ_T − g_T)  (least squares: the fit on A_T)
+        L, lam = _damped_cholesky(HTT, damping, "H_TT")
+        lam_used = max(lam_used, lam)
+        if lam:
+            HTT = HTT + lam * torch.eye(len(idx), dtype=HTT.dtype, device=HTT.device)
+        tp = torch.cholesky_solve((HTT @ theta[idx] - g[idx])[:, None], L).squeeze(1)
+        new = torch.zeros_like(theta)
+        cache = None
+        if idx.numel() <= k:
+            new[idx] = tp
+        elif projection == "topk":
+            new[idx] = _hard_threshold(tp, k)
+        elif support == "greedy":  # sequential OBS removals = the joint OBS update on the kept set
+            Hinv = torch.cholesky_inverse(L)
+            w, keep, Hinv = _greedy_obs_row(tp, 0.5 * (Hinv + Hinv.T), idx.numel() - k)
+            new[idx] = w
+            if objective.is_quadratic and not lam and bool((w[keep] != 0).all()):
+                cache = (idx[keep], HTT[keep][:, keep], Hinv[keep][:, keep])
+        else:
+            sub = topk_mask(tp.abs(), k) if support == "topk" else exact_support(tp, HTT, k)
             new[idx] = obs_project(tp, HTT, sub)
-        converged = trace.step(new, theta)
+        fixed = trace.step(new, theta)
         theta = new
-        if converged:
+        if fixed or trace.stalled(patience):
+            if refine and e > 1:  # a fixed point for e additions: refine the search with fewer
+                e = max(1, e // 2)
+                trace.since_best = 0
+                continue
+            converged = fixed
             break
     name = "restricted-topk-iobs" if projection == "topk" else "restricted-iobs"
-    opts = {} if projection == "topk" else {"support": support}
+    opts = {"expand": expand, "select": select, "patience": patience, "refine": refine}
+    if projection != "topk":
+        opts["support"] = support
     return trace.result(theta, converged, lam_used, name, opts)
 
 
@@ -508,7 +578,7 @@ def restricted_iobs(
     k,
     *,
     theta0=None,
-    max_iter=100,
+    max_iter=200,
     tol=1e-10,
     theta_star=None,
     damping=None,
@@ -516,15 +586,28 @@ def restricted_iobs(
     dtype=torch.float64,
     seed=None,
     support="greedy",
+    expand=None,
+    select="obs",
+    patience=3,
+    refine=True,
 ) -> RecoveryResult:
-    """Restricted I-OBS: on the working set T = supp θ ∪ (top-k of |∇f| outside supp θ) take the Newton
-    step θ⁺_T = θ_T − H_TT⁻¹ g_T (least squares: the least-squares fit on A_T), then project back to k
-    entries with the OBS update on H_TT, support chosen by ``support`` ("greedy", "topk", "exact")."""
-    if support not in ("greedy", "topk", "exact"):
-        raise ValueError(f"support must be one of 'greedy', 'topk', 'exact', got {support!r}")
-    return _restricted(
-        objective, k, theta0, max_iter, tol, theta_star, damping, device, dtype, "obs", support
-    )
+    """Restricted I-OBS. Each iteration:
+
+    1. working set T = supp θ ∪ (``e`` coordinates outside supp θ of largest gain): ``select="obs"``
+       (default) ranks j by the second-order gain of adding it, g_j²/(H_jj − H_jS H_SS⁻¹ H_Sj), on the
+       2e + 8 coordinates of largest g_j²/H_jj; ``select="gradient"`` by |g_j| as in Newton HTP;
+    2. Newton step on T: θ⁺_T = θ_T − H_TT⁻¹ g_T (least squares: the least-squares fit on A_T);
+    3. projection back to k entries with the OBS update on H_TT, support by ``support``
+       ("greedy" one-at-a-time OBS removal, "topk", or "exact" enumeration).
+
+    ``expand=None`` (default) adapts e: it starts at k and halves whenever the iterates reach a fixed
+    point or make no new objective minimum for ``patience`` iterations, down to single swaps (e = 1),
+    where such a point stops the solver. An integer fixes e. Converged: a fixed point of the final
+    stage or a vanishing gradient (‖∇f‖ ≤ tol·‖∇f(θ0)‖). ``damping`` is added to H_TT (auto: only
+    when it is not numerically positive definite, e.g. |T| > n).
+    """
+    setup = (theta0, theta_star, max_iter, tol, device, dtype)
+    return _restricted(objective, k, setup, damping, "obs", support, expand, select, patience, refine)
 
 
 def restricted_topk_iobs(
@@ -532,16 +615,22 @@ def restricted_topk_iobs(
     k,
     *,
     theta0=None,
-    max_iter=100,
+    max_iter=200,
     tol=1e-10,
     theta_star=None,
     damping=None,
     device=None,
     dtype=torch.float64,
     seed=None,
+    expand=None,
+    select="obs",
+    patience=3,
+    refine=True,
 ) -> RecoveryResult:
-    """Restricted Topk-I-OBS: the working-set Newton step of ``restricted_iobs`` followed by T_k."""
-    return _restricted(objective, k, theta0, max_iter, tol, theta_star, damping, device, dtype, "topk", None)
+    """Restricted Topk-I-OBS: the working set and Newton step of ``restricted_iobs``, then T_k
+    (``expand``, ``select`` and ``patience`` as there)."""
+    setup = (theta0, theta_star, max_iter, tol, device, dtype)
+    return _restricted(objective, k, setup, damping, "topk", "greedy", expand, select, patience, refine)
 
 
 def stochastic_iobs(
@@ -665,9 +754,11 @@ def cosamp(
     device=None,
     dtype=torch.float64,
     seed=None,
+    patience=20,
 ) -> RecoveryResult:
     """CoSaMP (Needell & Tropp 2009): T = supp θ ∪ top-2k of |∇f|, b = argmin_{supp ⊆ T} f, θ = T_k(b).
-    |T| may exceed n: then the fit on T is damped (auto damping)."""
+    |T| may exceed n: then the fit on T is damped (auto damping). Stops (not converged) when the
+    objective has made no new minimum in ``patience`` iterations."""
     objective, k, theta, theta_star, max_iter, tol = _setup(
         objective, k, theta0, theta_star, max_iter, tol, device, dtype
     )
@@ -681,9 +772,9 @@ def cosamp(
         new = _hard_threshold(b, k)
         converged = trace.step(new, theta)
         theta = new
-        if converged:
+        if converged or trace.stalled(patience):
             break
-    return trace.result(theta, converged, lam_used, "cosamp", {})
+    return trace.result(theta, converged, lam_used, "cosamp", {"patience": patience})
 
 
 def subspace_pursuit(
