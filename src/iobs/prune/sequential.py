@@ -85,15 +85,16 @@ def solve_layer(
     """Prune ``module`` in place from its Hessian; return its record (error = tr((W−Ŵ) H (W−Ŵ)ᵀ))."""
     if tokens == 0:
         raise ValueError(f"layer {name} received no input during the calibration forward pass; exclude it")
-    W = get_weight(module).to(H.dtype).clone()
+    W = get_weight(module).to(H.dtype).clone(memory_format=torch.contiguous_format)
+    dense = float(torch.einsum("ij,jk,ik->", W, H, W))  # ‖W X‖², for the relative error
     t0 = time.perf_counter()
-    res = solve(W, H, method, sparsity, pattern, name=name, **layer_kwargs)
+    # the solver gets its own copy: a solver that updates its input in place must not touch W
+    res = solve(W.clone(), H, method, sparsity, pattern, name=name, **layer_kwargs)
     seconds = time.perf_counter() - t0
     mask = res.mask.to(W.device)
     W_new = res.W.to(W.device, H.dtype) * mask  # exact zeros off the support
     set_weight(module, W_new)
     stored = get_weight(module)
-    dense = float(torch.einsum("ij,jk,ik->", W, H, W))
     n = mask.numel()
     kept = int(mask.sum())
     return {
