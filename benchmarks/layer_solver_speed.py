@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import torch
@@ -142,24 +143,8 @@ def time_call(fn, device, repeats: int, meter: MatmulMeter | None = None):
     return wall / repeats, cpu / repeats, out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=2, help="mean of N timings for ours (default 2)")
-    ap.add_argument("--blocksize", type=int, default=128)
-    ap.add_argument("--matmul-n", type=int, default=2048)
-    ap.add_argument("--plain-max-cols", type=int, default=4096, help="skip the plain OBS above this d_in")
-    ap.add_argument("--only", default=None, help="comma-separated subset of shape labels (e.g. 'down_proj')")
-    ap.add_argument("--out", default=None, help="also write the markdown report here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    shapes = SMOLLM2_SHAPES
-    if args.only:
-        wanted = {s.strip() for s in args.only.split(",")}
-        shapes = [s for s in shapes if any(w in s[0] for w in wanted)]
-
+def run_table(args, threads: int, device, shapes) -> tuple[list[dict], tuple | None]:
+    torch.set_num_threads(threads)
     meter = MatmulMeter(args.matmul_n, device)
     rows_out = []
     for label, rows, cols in shapes:
@@ -196,41 +181,67 @@ def main(argv=None) -> int:
             e_ours, e_plain = layer_error(W, W_ours, H), layer_error(W, W_plain, H)
             row["error rel. diff"] = abs(e_plain - e_ours) / e_ours
         rows_out.append(row)
-        print(f"done {label} {rows}x{cols}: ours {t_ours:.3f}s", flush=True)
-
+        print(f"done threads={threads} {label} {rows}x{cols}: ours {t_ours:.3f}s", flush=True)
     try:
-        load = os.getloadavg()
+        load = tuple(round(x, 2) for x in os.getloadavg())
     except OSError:
         load = None
+    return rows_out, load
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="2", help="torch thread counts, comma-separated (default 2)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=2, help="mean of N timings for ours (default 2)")
+    ap.add_argument("--blocksize", type=int, default=128)
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--plain-max-cols", type=int, default=4096, help="skip the plain OBS above this d_in")
+    ap.add_argument("--only", default=None, help="comma-separated subset of shape labels (e.g. 'down_proj')")
+    ap.add_argument("--out", default=None, help="also write the markdown report here")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    shapes = SMOLLM2_SHAPES
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",")}
+        shapes = [s for s in shapes if any(w in s[0] for w in wanted)]
     cpu = platform.processor() or platform.machine()
     try:
         model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         model = next((ln.split(":", 1)[1].strip() for ln in model.splitlines() if "Model name" in ln), cpu)
     except OSError:
         model = cpu
-    header = [
-        "# SparseGPT layer-solver speed",
-        "",
-        f"- command: `.venv/bin/python benchmarks/layer_solver_speed.py --threads {args.threads} "
-        f"--device {args.device}`",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {model}, nproc {os.cpu_count()}, "
-        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, device {device}",
-        f"- load average at the end (1/5/15 min): {load}; the machine is shared with other jobs, so "
-        "timings are noisy (plain: one run)",
-        f"- matmul rate: float32 {args.matmul_n}² GEMM sampled for 1 s before and after every timed run "
-        "of ours, total flop / total time (column 'matmul GFLOP/s'), so that it sees the same load; "
-        f"'ours s' is the mean of {args.repeats} runs; '% of matmul' compares wall-clock rates, "
-        "'(CPU s)' process CPU-time rates (meaningful with --threads 1: idle OpenMP threads spin)",
-        "- FLOP: Cholesky and triangular inverse (2/3·d_in³) plus the updates (≈ d_out·d_in²); "
-        "'masks differ': entries where float rounding flips a borderline choice, "
-        "'error rel. diff': |e_plain − e_ours| / e_ours of the layer errors tr(ΔW H ΔWᵀ)",
-        "- task: 50 % unstructured, blocksize "
-        f"{args.blocksize}, float32, H = X Xᵀ from random inputs of log-normal scale; 'plain' = unblocked "
-        "column-by-column OBS (same Hinv factor from iobs.obs.damping and the same mask rule, eager "
-        "rank-1 updates of all later columns)",
-        "",
-    ]
-    text = "\n".join(header) + markdown_table(rows_out, floatfmt=".3g")
+    try:
+        load0 = tuple(round(x, 2) for x in os.getloadavg())
+    except OSError:
+        load0 = None
+    command = "benchmarks/layer_solver_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = "\n".join(
+        [
+            "# SparseGPT layer-solver speed",
+            "",
+            f"- command: `.venv/bin/python {command.strip()}`",
+            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {model}, nproc {os.cpu_count()}, "
+            f"torch {torch.__version__}, device {device}; load average (1/5/15 min) at the start: {load0}. "
+            "The machine is shared with other jobs: timings are noisy (plain: one run).",
+            f"- matmul rate: float32 {args.matmul_n}² GEMM sampled for 1 s before and after every timed run "
+            "of ours, total flop / total time (column 'matmul GFLOP/s'), so that it sees the same load; "
+            f"'ours s' is the mean of {args.repeats} runs; '% of matmul' compares wall-clock rates, "
+            "'(CPU s)' process CPU-time rates (meaningful with 1 thread: idle OpenMP threads spin)",
+            "- FLOP: Cholesky and triangular inverse (2/3·d_in³) plus the updates (≈ d_out·d_in²); "
+            "'masks differ': entries where float rounding flips a borderline choice, "
+            "'error rel. diff': |e_plain − e_ours| / e_ours of the layer errors tr(ΔW H ΔWᵀ)",
+            "- task: 50 % unstructured, blocksize "
+            f"{args.blocksize}, float32, H = X Xᵀ from random inputs of log-normal scale; 'plain' = "
+            "unblocked column-by-column OBS (same Hinv factor from iobs.obs.damping and the same mask "
+            "rule, eager rank-1 updates of all later columns)",
+            "",
+        ]
+    )
+    for threads in (int(t) for t in args.threads.split(",")):
+        rows_out, load = run_table(args, threads, device, shapes)
+        text += f"\n## torch threads = {threads} (load average at the end: {load})\n\n"
+        text += markdown_table(rows_out, floatfmt=".3g")
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
