@@ -33,6 +33,17 @@ def machine() -> str:
     return f"{cpu}, nproc {os.cpu_count()}{mem}{load}"
 
 
+def set_threads(n: int) -> None:
+    """n > 0: this process and every child (OMP_NUM_THREADS) use n threads. On a busy 2-core machine
+    one thread is many times faster than two (OpenMP threads spin-wait for each other)."""
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(n)
+
+
 def header(title: str, argv: list[str]) -> str:
     cmd = " ".join([".venv/bin/python", os.path.relpath(argv[0], ROOT), *argv[1:]])
     return (
@@ -40,6 +51,7 @@ def header(title: str, argv: list[str]) -> str:
         f"- command: `{cmd}`\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
         f"- machine: {machine()}\n"
+        f"- torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}\n"
         "- note: the machine was SHARED with other engineers' jobs during this run (2 cores); "
         "timings are noisy, perplexities are not affected\n"
     )

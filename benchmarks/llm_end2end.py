@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_common import ROOT, header, peers_available, run_peer, run_timed  # noqa: E402
+from llm_common import ROOT, header, peers_available, run_peer, run_timed, set_threads  # noqa: E402
 
 from iobs.data.calibration import calibration_batch  # noqa: E402
 from iobs.models import MODELS, load_model  # noqa: E402
@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-llm-end2end"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_end2end.md"))
+    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads for every side (0 = default)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()

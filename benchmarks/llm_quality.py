@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_common import ROOT, header, peers_available, run_peer  # noqa: E402
+from llm_common import ROOT, header, peers_available, run_peer, set_threads  # noqa: E402
 
 from iobs.data.calibration import calibration_batch, encode  # noqa: E402
 from iobs.data.text import load_text  # noqa: E402
@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-llm-quality"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_quality.md"))
+    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads for every side (0 = default)")
     args = p.parse_args(argv)
+    set_threads(args.threads)
     torch.manual_seed(0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     parser.add_argument("--out", default="runs/demo", help="folder for results.json, table.md, demo.png")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -97,6 +98,8 @@ def run_demo(args) -> dict:
     seqlen = check_int_range("seqlen", args.seqlen, 2, 1_000_000)
     max_windows = check_int_range("max_windows", args.max_windows, 0, 10_000_000) or None
     dev = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(check_int_range("threads", args.threads, 1, 1024))
     progress = not args.quiet
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
 
@@ -150,6 +153,7 @@ def run_demo(args) -> dict:
             for k, v in windows.items()
         },
         "device": str(dev),
+        "threads": torch.get_num_threads(),
         "load_seconds": load_s,
         "rows": rows,
         "environment": environment(),
