@@ -77,16 +77,18 @@ def sparsegpt(
         if nm is None:
             keep1.copy_(_block_mask((W1 / d[:, None]).square().t(), sparsity, i1, i2, per_row).t())
             prune_scale = (~keep1).to(W1.dtype) / d[:, None]  # err = w·[pruned]/U_ii
+        w_rows, err_rows = W1.unbind(0), Err1.unbind(0)  # views made once per block, not per column
+        if nm is None:
+            ps_rows = prune_scale.unbind(0)
         for j1 in range(0, i2 - i1, inner):
             j2 = min(j1 + inner, i2 - i1)
             for i in range(j1, j2):
                 if nm is not None and i % m == 0:  # the group's mask, from the weights updated so far
                     score = (W1[i : i + m] / d[i : i + m, None]).square()
                     keep1[i : i + m] = keep_top(score.t(), n).t()
-                    prune_scale_g = (~keep1[i : i + m]).to(W1.dtype) / d[i : i + m, None]
-                ps = prune_scale[i] if nm is None else prune_scale_g[i % m]
-                torch.mul(W1[i], ps, out=Err1[i])
-                W1[i:j2].addr_(U1[i, i:j2], Err1[i], alpha=-1)
+                    ps_group = ((~keep1[i : i + m]).to(W1.dtype) / d[i : i + m, None]).unbind(0)
+                torch.mul(w_rows[i], ps_rows[i] if nm is None else ps_group[i % m], out=err_rows[i])
+                W1[i:j2].addr_(U1[i, i:j2], err_rows[i], alpha=-1)
             if j2 < i2 - i1:
                 W1[j2:].addmm_(U1[j1:j2, j2:].t(), Err1[j1:j2], alpha=-1)
         if i2 < cols:
