@@ -227,23 +227,30 @@ def greedy_obs(
 
 def _greedy_obs_row(w: torch.Tensor, Hinv: torch.Tensor, n_prune: int):
     """``greedy_obs`` for one row without an N:M budget: the same formula with plain (cheap) indexing.
-    Also returns the downdated inverse, whose kept block is (H_QQ)⁻¹."""
-    w = w.clone()
-    Hinv = Hinv.clone()
-    diag = Hinv.diagonal()
-    pen = torch.zeros_like(w)
+
+    w is carried as the last column of the augmented matrix M = [Hinv w; wᵀ 0], so one rank-1 update
+    M ← M − M[:, i] M[i, :] / [Hinv]_ii downdates Hinv and applies the OBS update to w together.
+    Also returns the downdated inverse, whose kept block is (H_QQ)⁻¹.
+    """
+    d = w.shape[0]
+    M = torch.empty(d + 1, d + 1, dtype=w.dtype, device=w.device)
+    M[:d, :d] = Hinv
+    M[:d, d] = w
+    M[d, :d] = w
+    M[d, d] = 0.0
+    diag = M.diagonal()[:d]
+    wv = M[:d, d]
+    pen = torch.zeros_like(w)  # +inf once removed
     for _ in range(n_prune):
-        i = int((w * w / diag + pen).argmin())
-        col = Hinv[:, i].clone()
-        hii = float(col[i])
-        w.add_(col, alpha=-float(w[i]) / hii)
-        Hinv.addr_(col, col, alpha=-1.0 / hii)
-        Hinv[i].zero_()
-        Hinv[:, i].zero_()
-        Hinv[i, i] = 1.0
-        w[i] = 0.0
+        i = int(torch.addcmul(pen, wv, wv / diag).argmin())
+        row = M[i].clone()  # = M[:, i]
+        M.addr_(row, row, alpha=-1.0 / float(row[i]))
+        # row/column i are now zero up to rounding and never feed the kept block again; pin the
+        # diagonal to 1 so that the score w_i²/[Hinv]_ii + inf stays +inf (never NaN)
+        diag[i] = 1.0
         pen[i] = math.inf
-    return w, torch.isfinite(pen), Hinv
+    keep = torch.isfinite(pen)
+    return wv.masked_fill(~keep, 0.0), keep, M[:d, :d]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -170,8 +170,8 @@ def _damped_cholesky(M: torch.Tensor, damping, name: str = "Hessian"):
     """Cholesky factor of M + λI and λ. Auto (damping None): λ = 0 when M is numerically PD, else
     AUTO_DAMPING·mean(diag M). A fixed λ whose M + λI is not PD raises a ValueError."""
     lam = _check_damping(damping)
-    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
     if lam is not None:
+        eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
         L, info = torch.linalg.cholesky_ex(M + lam * eye)
         if int(info) != 0:
             raise ValueError(
@@ -187,7 +187,7 @@ def _damped_cholesky(M: torch.Tensor, damping, name: str = "Hessian"):
     if dmax <= 0:
         lam = AUTO_DAMPING
     log.info("%s is not numerically positive definite: damping with λ = %.3g", name, lam)
-    L, info = torch.linalg.cholesky_ex(M + lam * eye)
+    L, info = torch.linalg.cholesky_ex(M + lam * torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
     if int(info) != 0:
         raise ValueError(f"{name} is not positive semidefinite (Cholesky failed even with λ = {lam:g})")
     return L, lam
@@ -334,6 +334,7 @@ class _HessianBlocks:
         else:
             self.H = self.objective.hessian(theta)
             self.diag = self.H.diagonal()
+        self.inv_diag = 1.0 / self.diag.clamp_min(torch.finfo(self.diag.dtype).tiny)
         return self
 
     def block(self, rows, cols):
@@ -345,10 +346,11 @@ class _HessianBlocks:
         return out
 
 
-def _candidates(blocks, S, g, n):
-    """The ``n`` coordinates outside S of largest g_j²/H_jj (the gain of adding j with S frozen)."""
-    first = (g * g / blocks.diag.clamp_min(torch.finfo(g.dtype).tiny)).masked_fill(S, -1.0)
-    return torch.topk(first, min(n, int((~S).sum()))).indices
+def _candidates(blocks, S, n_out, g, n):
+    """The ``n`` coordinates outside S (``n_out`` of them) of largest g_j²/H_jj (the gain of adding j
+    with S frozen)."""
+    first = (g * g * blocks.inv_diag).masked_fill(S, -1.0)
+    return torch.topk(first, min(n, n_out)).indices
 
 
 def _addition_gain(blocks, g, Sidx, C, HSC, HSS_inv):
@@ -518,21 +520,22 @@ def _restricted(objective, k, setup, damping, projection, support, expand, selec
             converged = True
             break
         blocks.at(theta)
-        S = theta != 0
         if cache is None:
+            S = theta != 0
             Sidx = S.nonzero().squeeze(1)
             HSS = blocks.block(Sidx, Sidx)
             HSS_inv = torch.cholesky_inverse(cholesky_or_raise(HSS, "H_SS")) if Sidx.numel() else HSS
-        else:
+        else:  # the kept set of the last projection (even where an OBS-updated weight is exactly 0)
             Sidx, HSS, HSS_inv = cache
+            S = torch.zeros_like(theta, dtype=torch.bool).index_fill_(0, Sidx, True)
         # working set T = S ∪ E, ordered [S, E]
         if select == "obs":
-            C = _candidates(blocks, S, g, 2 * e + 8)
+            C = _candidates(blocks, S, objective.d - Sidx.numel(), g, 2 * e + 8)
             HSC = blocks.block(Sidx, C)
             pick = torch.topk(_addition_gain(blocks, g, Sidx, C, HSC, HSS_inv), min(e, C.numel())).indices
             E, HSE = C[pick], HSC[:, pick]
         else:
-            E = torch.topk(g.abs().masked_fill(S, -1.0), min(e, int((~S).sum()))).indices
+            E = torch.topk(g.abs().masked_fill(S, -1.0), min(e, objective.d - Sidx.numel())).indices
             HSE = blocks.block(Sidx, E)
         idx = torch.cat([Sidx, E])
         HTT = torch.cat([torch.cat([HSS, HSE], 1), torch.cat([HSE.T, blocks.block(E, E)], 1)], 0)
@@ -549,10 +552,9 @@ def _restricted(objective, k, setup, damping, projection, support, expand, selec
         elif projection == "topk":
             new[idx] = _hard_threshold(tp, k)
         elif support == "greedy":  # sequential OBS removals = the joint OBS update on the kept set
-            Hinv = torch.cholesky_inverse(L)
-            w, keep, Hinv = _greedy_obs_row(tp, 0.5 * (Hinv + Hinv.T), idx.numel() - k)
+            w, keep, Hinv = _greedy_obs_row(tp, torch.cholesky_inverse(L), idx.numel() - k)
             new[idx] = w
-            if objective.is_quadratic and not lam and bool((w[keep] != 0).all()):
+            if objective.is_quadratic and not lam:
                 cache = (idx[keep], HTT[keep][:, keep], Hinv[keep][:, keep])
         else:
             sub = topk_mask(tp.abs(), k) if support == "topk" else exact_support(tp, HTT, k)
@@ -589,7 +591,7 @@ def restricted_iobs(
     expand=None,
     select="obs",
     patience=3,
-    refine=True,
+    refine=False,
 ) -> RecoveryResult:
     """Restricted I-OBS. Each iteration:
 
@@ -600,10 +602,11 @@ def restricted_iobs(
     3. projection back to k entries with the OBS update on H_TT, support by ``support``
        ("greedy" one-at-a-time OBS removal, "topk", or "exact" enumeration).
 
-    ``expand=None`` (default) adapts e: it starts at k and halves whenever the iterates reach a fixed
-    point or make no new objective minimum for ``patience`` iterations, down to single swaps (e = 1),
-    where such a point stops the solver. An integer fixes e. Converged: a fixed point of the final
-    stage or a vanishing gradient (‖∇f‖ ≤ tol·‖∇f(θ0)‖). ``damping`` is added to H_TT (auto: only
+    e = ``expand`` coordinates are added per iteration (default ⌈k/8⌉: from θ0 = 0 the support is built
+    up e at a time, a second-order forward selection, then refined by e-swaps). The solver stops at a
+    fixed point or after ``patience`` iterations without a new objective minimum; with ``refine=True``
+    it then halves e and continues, down to single swaps. Converged: a fixed point of the final stage
+    or a vanishing gradient (‖∇f‖ ≤ tol·‖∇f(θ0)‖). ``damping`` is added to H_TT (auto: only
     when it is not numerically positive definite, e.g. |T| > n).
     """
     setup = (theta0, theta_star, max_iter, tol, device, dtype)
@@ -625,7 +628,7 @@ def restricted_topk_iobs(
     expand=None,
     select="obs",
     patience=3,
-    refine=True,
+    refine=False,
 ) -> RecoveryResult:
     """Restricted Topk-I-OBS: the working set and Newton step of ``restricted_iobs``, then T_k
     (``expand``, ``select`` and ``patience`` as there)."""
