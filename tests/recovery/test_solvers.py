@@ -197,3 +197,72 @@ def test_bad_input():
     assert res.damping > 0 and float(res.theta[0]) == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(ValueError, match="batch_size"):
         solve(obj, 3, "stochastic-iobs", batch_size=11)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"select": "gradient"},
+        {"expand": 1},
+        {"expand": 10, "refine": True},
+        {"support": "topk"},
+        {"support": "exact", "expand": 2},
+    ],
+)
+def test_restricted_iobs_options_recover(opts):
+    obj, theta_star = gaussian_problem(60, 120, 6, seed=12)
+    k = 6 if opts.get("support") != "exact" else 3
+    if k == 3:
+        obj, theta_star = gaussian_problem(40, 30, 3, seed=13)
+    res = restricted_iobs(obj, k, theta_star=theta_star, **opts)
+    assert res.converged
+    assert res.history[-1]["rel_distance"] < 1e-10
+    assert int(res.mask.sum()) <= k
+    assert res.options["select"] == opts.get("select", "obs")
+
+
+def test_restricted_iobs_second_order_selection_is_exact_gain():
+    """The gain used to rank additions is the exact decrease of a least-squares objective when j joins
+    the support and the support is re-fitted."""
+    from iobs.recovery.solvers import _addition_gain, _HessianBlocks
+
+    obj, _ = gaussian_problem(30, 12, 3, seed=14)
+    A, y = obj.A, obj.y
+    S = torch.tensor([1, 4, 7])
+    theta = torch.zeros(12, dtype=F64)
+    theta[S] = torch.linalg.lstsq(A[:, S], y[:, None]).solution.squeeze(1)
+    g = obj.grad(theta)
+    blocks = _HessianBlocks(obj).at(theta)
+    C = torch.tensor([0, 2, 9])
+    HSS_inv = torch.linalg.inv(blocks.block(S, S))
+    gain = _addition_gain(blocks, g, S, C, blocks.block(S, C), HSS_inv)
+    for j, gj in zip(C.tolist(), gain.tolist()):
+        T = torch.cat([S, torch.tensor([j])])
+        r = A[:, T] @ torch.linalg.lstsq(A[:, T], y[:, None]).solution.squeeze(1) - y
+        assert gj == pytest.approx(2 * (float(obj.value(theta)) - 0.5 * float(r @ r)), rel=1e-8)
+
+
+def test_restricted_forms_on_non_quadratic_and_user_objectives():
+    g = torch.Generator().manual_seed(15)
+    A = torch.randn(80, 30, generator=g, dtype=F64)
+    y = (torch.rand(80, generator=g, dtype=F64) < torch.sigmoid(A[:, :2].sum(1))).to(F64)
+    logistic = Logistic(A, y, l2=0.05)
+    user = TorchObjective(lambda t: Logistic(A, y, l2=0.05).value(t), d=30)
+    a = restricted_iobs(logistic, 4, max_iter=40)
+    b = restricted_iobs(user, 4, max_iter=40)
+    torch.testing.assert_close(a.theta, b.theta, rtol=1e-8, atol=1e-10)
+    c = solve(logistic, 4, "restricted-topk-iobs", max_iter=40)
+    assert int((c.theta != 0).sum()) <= 4 and c.history[-1]["objective"] < c.history[0]["objective"]
+
+
+def test_restricted_bad_options():
+    obj, _ = gaussian_problem(20, 30, 2, seed=16)
+    with pytest.raises(ValueError, match="select must be"):
+        restricted_iobs(obj, 3, select="random")
+    with pytest.raises(ValueError, match="expand must be an integer in \\[1, 30\\]"):
+        restricted_iobs(obj, 3, expand=0)
+    with pytest.raises(ValueError, match="support must be one of"):
+        restricted_iobs(obj, 3, support="magnitude")
+    with pytest.raises(ValueError, match="patience must be"):
+        solve(obj, 3, "restricted-topk-iobs", patience=0)
