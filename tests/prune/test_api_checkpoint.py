@@ -104,21 +104,25 @@ def test_api_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a, b), n
 
 
-def test_calibration_and_eval_from_text_corpora(tmp_path):
-    """The byte tokenizer on the packaged Wikipedia splits: calibration, dense and pruned perplexity."""
+def test_calibration_and_eval_from_a_text_file(tmp_path):
+    """The byte tokenizer on a local text file: calibration windows, dense and pruned perplexity."""
+    text = tmp_path / "t.txt"
+    words = "the cat sat on a mat while an old dog slept near the warm fire and rain fell outside".split()
+    g = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(words[i] for i in torch.randint(0, len(words), (1500,), generator=g).tolist()))
     cfg = PruneConfig(
         model="tiny-llama",
         method="wanda",
-        calib="wiki",
+        calib=str(text),
         nsamples=2,
         seqlen=32,
         device="cpu",
-        eval=["wiki-test"],
+        eval=[str(text)],
         eval_max_windows=2,
         eval_dense=True,
     )
     report = prune(cfg, progress=False)
-    dense, pruned = report["eval_dense"]["wiki-test"], report["eval"]["wiki-test"]
+    dense, pruned = report["eval_dense"][str(text)], report["eval"][str(text)]
     assert dense["tokens"] == pruned["tokens"] > 0 and dense["seqlen"] == 32
     assert pruned["ppl"] != dense["ppl"] and report["calibration"]["tokens"] == 64
 

@@ -121,3 +121,18 @@ def test_nonfinite_inputs_are_refused():
     acc = HessianAccumulator(lin)
     with pytest.raises(ValueError, match="NaN/Inf"):
         acc.add(torch.tensor([[1.0, float("nan"), 0.0]]))
+
+
+def test_layers_sharing_an_input_share_the_product_but_not_H():
+    torch.manual_seed(3)
+    a, b, c = nn.Linear(4, 2).double(), nn.Linear(4, 3).double(), nn.Linear(4, 2).double()
+    xs = [torch.randn(5, 4, dtype=torch.float64) for _ in range(2)]
+    with accumulate_hessians({"a": a, "b": b, "c": c}) as acc:
+        for x in xs:
+            a(x), b(x), c(torch.tanh(x))  # a and b get the same tensor object
+    X = torch.cat(xs)
+    T = torch.tanh(X)
+    torch.testing.assert_close(acc["a"].H, X.t() @ X)
+    torch.testing.assert_close(acc["b"].H, X.t() @ X)
+    torch.testing.assert_close(acc["c"].H, T.t() @ T)
+    assert acc["a"].H is not acc["b"].H and acc["a"].tokens == acc["b"].tokens == acc["c"].tokens == 10

@@ -48,26 +48,57 @@ class HessianAccumulator:
         self.H = torch.zeros(d, d, dtype=self.dtype, device=device or w.device)
         self.tokens = 0
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, shared: _LastProduct | None = None) -> None:
+        """H += Xᵀ X for this call's input; ``shared`` reuses Xᵀ X when the previous hooked layer got the very
+        same input tensor (q/k/v, gate/up), so sibling layers cost one product."""
+        conv = isinstance(self.module, nn.Conv2d)
+        if shared is not None and not conv and shared.matches(x, self.H):
+            self.H.add_(shared.XtX)
+            self.tokens += shared.tokens
+            return
         X = layer_inputs(self.module, x.detach()).to(self.H.device, self.dtype)
         if not bool(torch.isfinite(X).all()):
             raise ValueError("layer inputs contain NaN/Inf; the calibration forward pass diverged")
-        self.H.addmm_(X.t(), X)
+        if shared is not None and not conv:
+            shared.store(x, X.t() @ X, X.shape[0])
+            self.H.add_(shared.XtX)
+        else:
+            self.H.addmm_(X.t(), X)
         self.tokens += X.shape[0]
 
     def hook(self, module, args, output=None):
         self.add(args[0])
 
 
+class _LastProduct:
+    """Xᵀ X of the most recent hooked input (held with the input itself, so identity is meaningful)."""
+
+    def __init__(self):
+        self.x = self.XtX = None
+        self.tokens = 0
+
+    def matches(self, x, H) -> bool:
+        return x is self.x and self.XtX.shape == H.shape and self.XtX.dtype == H.dtype
+
+    def store(self, x, XtX, tokens) -> None:
+        self.x, self.XtX, self.tokens = x, XtX, tokens
+
+
 @contextlib.contextmanager
 def accumulate_hessians(
     layers: dict[str, nn.Module], dtype: torch.dtype | None = None
 ) -> Iterator[dict[str, HessianAccumulator]]:
-    """Forward pre-hooks that add every call's input to its layer's H; removed on exit."""
+    """Forward pre-hooks that add every call's input to its layer's H; removed on exit. Layers fed the same
+    input tensor (e.g. q/k/v) share one Xᵀ X per call."""
     acc = {name: HessianAccumulator(m, dtype) for name, m in layers.items()}
-    handles = [m.register_forward_pre_hook(acc[name].hook) for name, m in layers.items()]
+    shared = _LastProduct()
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, a=acc[name]: a.add(args[0], shared))
+        for name, m in layers.items()
+    ]
     try:
         yield acc
     finally:
         for h in handles:
             h.remove()
+        shared.store(None, None, 0)
