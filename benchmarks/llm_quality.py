@@ -93,13 +93,22 @@ def main(argv=None) -> int:
         done[key] = value
         atomic_write_json(results_path, done)
         print(key, json.dumps(value), flush=True)
+        write_report()  # after every model, so an interrupted run still leaves its table
 
-    if "dense" not in done:
-        record("dense", {"ppl": score(dense), "sparsity": linear_sparsity(dense)})
+    def write_report() -> str:
+        title = "LLM quality: SmolLM2-135M pruned, ours vs llm-compressor"
+        text = header(title, [sys.argv[0], *sys.argv[1:]])
+        text += report(done, corpora, targets, methods, peer_reason, args, time.time() - started)
+        atomic_write_text(args.out, text)
+        return text
 
     peer_reason = "--no-peers" if args.no_peers else peers_available()
     targets = [t for t in args.targets.split(",") if t]
     methods = [m for m in args.methods.split(",") if m]
+
+    if "dense" not in done:
+        record("dense", {"ppl": score(dense), "sparsity": linear_sparsity(dense)})
+
     for target in targets:
         sparsity, pattern = (None, target) if ":" in target else (float(target), None)
         for method in methods:
@@ -130,10 +139,7 @@ def main(argv=None) -> int:
                 )
                 del model
 
-    text = header("LLM quality: SmolLM2-135M pruned, ours vs llm-compressor", [sys.argv[0], *sys.argv[1:]])
-    text += report(done, corpora, targets, methods, peer_reason, args, time.time() - started)
-    atomic_write_text(args.out, text)
-    print(text)
+    print(write_report())
     return 0
 
 
@@ -149,7 +155,7 @@ def report(done, corpora, targets, methods, peer_reason, args, seconds) -> str:
         f"- perplexity: non-overlapping windows, the same for every model: {win}",
         "- ours: `prune_decoder` (block-sequential; SparseGPT blocksize 128, damping 0.01 mean diag H); "
         "llm-compressor: `oneshot` with its defaults for the same settings",
-        f"- run time of this benchmark: {seconds / 60:.1f} min (with resumed entries, only the new part)",
+        f"- run time of this benchmark so far: {seconds / 60:.1f} min (a resumed run counts its new part)",
         "",
     ]
     rows = [{"model": "dense", **{f"ppl {c}": f"{done['dense']['ppl'][c]:.2f}" for c in corpora}}]
