@@ -86,8 +86,8 @@ def _solve(est, objective, k: int, device):
     )
     if not res.converged:
         warnings.warn(
-            f"{type(est).__name__}(solver={est.solver!r}) did not converge in max_iter={est.max_iter} "
-            "iterations; increase max_iter or loosen tol",
+            f"{type(est).__name__}(solver={est.solver!r}) did not converge: stopped after {res.n_iter} "
+            f"iterations (max_iter={est.max_iter}) without meeting tol; increase max_iter or loosen tol",
             ConvergenceWarning,
             stacklevel=3,
         )
