@@ -9,7 +9,7 @@ from iobs.models.tiny import ARCHS, random_ids, tiny_model
 from iobs.obs.layer import prune_layer
 from iobs.obs.masks import check_nm
 from iobs.prune.layers import find_layers, get_weight, set_weight
-from iobs.prune.sequential import find_blocks, prune_decoder
+from iobs.prune.sequential import find_blocks, prune_decoder, prune_module
 
 D = torch.float64
 
@@ -169,3 +169,51 @@ def test_set_weight_roundtrip_keeps_tied_embeddings_tied():
     m = model.model.layers[0].mlp.up_proj
     set_weight(m, torch.zeros_like(get_weight(m)))
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+class ToyBlock(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(d, 2 * d), torch.nn.Linear(2 * d, d)
+
+    def forward(self, hidden_states, scale=None):
+        return hidden_states + scale * self.fc2(torch.relu(self.fc1(hidden_states)))
+
+
+class ToyLM(torch.nn.Module):
+    """Blocks at model.layers, called with hidden_states as a keyword and a shared extra tensor."""
+
+    def __init__(self, vocab=50, d=8, n=3):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.embed = torch.nn.Embedding(vocab, d)
+        self.model.layers = torch.nn.ModuleList(ToyBlock(d) for _ in range(n))
+        self.head = torch.nn.Linear(d, vocab)
+
+    def get_input_embeddings(self):
+        return self.model.embed
+
+    def forward(self, input_ids, use_cache=False):
+        h = self.model.embed(input_ids)
+        for block in self.model.layers:
+            h = block(hidden_states=h, scale=torch.tensor(0.5, dtype=h.dtype))
+        return self.head(h)
+
+
+def test_true_sequential_decoder_walk_equals_generic_walk():
+    """Two independent walks, one answer: on a model whose layers run strictly one after another, the
+    decoder walk with sequential='true' and the generic walk both prune each layer from its inputs
+    through all earlier pruned layers."""
+    torch.manual_seed(0)
+    a = ToyLM().to(D)
+    b = copy.deepcopy(a)
+    ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    ra = prune_decoder(a, ids, "sparsegpt", 0.5, sequential="true", progress=False)
+    rb = prune_module(
+        b, [ids[j : j + 1] for j in range(3)], "sparsegpt", 0.5, exclude=["head"], progress=False
+    )
+    assert [r["name"] for r in ra] == [r["name"] for r in rb] and len(ra) == 6
+    for x, y in zip(ra, rb):
+        assert x["error"] == pytest.approx(y["error"], rel=1e-9)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=n)
