@@ -217,3 +217,16 @@ def test_true_sequential_decoder_walk_equals_generic_walk():
         assert x["error"] == pytest.approx(y["error"], rel=1e-9)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_nonfinite_weights_are_refused(ids):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.o_proj contain NaN/Inf"):
+        prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"layer model\.layers\.1\.mlp\.down_proj .*NaN/Inf"):
+        prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)

@@ -40,8 +40,9 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class HessianAccumulator:
     """Running H = Σ x xᵀ for one layer (``dtype``: float32 by default, float64 for float64 inputs)."""
 
-    def __init__(self, module: nn.Module, dtype: torch.dtype | None = None, device=None):
+    def __init__(self, module: nn.Module, dtype: torch.dtype | None = None, device=None, name: str = "layer"):
         self.module = module
+        self.name = name
         d = in_features(module)
         w = module.weight
         self.dtype = dtype or (torch.float64 if w.dtype == torch.float64 else torch.float32)
@@ -58,7 +59,10 @@ class HessianAccumulator:
             return
         X = layer_inputs(self.module, x.detach()).to(self.H.device, self.dtype)
         if not bool(torch.isfinite(X).all()):
-            raise ValueError("layer inputs contain NaN/Inf; the calibration forward pass diverged")
+            raise ValueError(
+                f"inputs of {self.name} contain NaN/Inf: the model produced non-finite activations before "
+                "it (check for NaN/Inf weights or an overflowing dtype)"
+            )
         if shared is not None and not conv:
             shared.store(x, X.t() @ X, X.shape[0])
             self.H.add_(shared.XtX)
@@ -90,7 +94,7 @@ def accumulate_hessians(
 ) -> Iterator[dict[str, HessianAccumulator]]:
     """Forward pre-hooks that add every call's input to its layer's H; removed on exit. Layers fed the same
     input tensor (e.g. q/k/v) share one Xᵀ X per call."""
-    acc = {name: HessianAccumulator(m, dtype) for name, m in layers.items()}
+    acc = {name: HessianAccumulator(m, dtype, name=name) for name, m in layers.items()}
     shared = _LastProduct()
     handles = [
         m.register_forward_pre_hook(lambda mod, args, a=acc[name]: a.add(args[0], shared))

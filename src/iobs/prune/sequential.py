@@ -89,7 +89,12 @@ def solve_layer(
     dense = float(torch.einsum("ij,jk,ik->", W, H, W))  # ‖W X‖², for the relative error
     t0 = time.perf_counter()
     # the solver gets its own copy: a solver that updates its input in place must not touch W
-    res = solve(W.clone(), H, method, sparsity, pattern, name=name, **layer_kwargs)
+    try:
+        res = solve(W.clone(), H, method, sparsity, pattern, name=name, **layer_kwargs)
+    except ValueError as e:
+        if name in str(e):
+            raise
+        raise ValueError(f"layer {name} (W {tuple(W.shape)}): {e}") from e
     seconds = time.perf_counter() - t0
     mask = res.mask.to(W.device)
     W_new = res.W.to(W.device, H.dtype) * mask  # exact zeros off the support
