@@ -279,38 +279,41 @@ def greedy_obs_lowrank(
     theta = theta_plus.clone()
     keep = torch.ones(d, dtype=torch.bool, device=A.device)
     eye_n = torch.eye(n, dtype=A.dtype, device=A.device)
-    inf = torch.tensor(float("inf"), dtype=A.dtype, device=A.device)
     n_keep = d
 
-    def fresh(keep):
-        AR = A * keep.to(A.dtype)  # zero columns outside R
+    At = A.T.contiguous()
+
+    def fresh(keepf):
+        AR = A * keepf  # zero columns outside R
         Kinv = spd_inverse(AR @ AR.T + lam * eye_n, "λI + A_R A_Rᵀ")
-        lev = ((Kinv @ A) * A).sum(0)
-        return Kinv, lev
+        return Kinv, 1.0 - ((Kinv @ A) * A).sum(0)  # K⁻¹ and the gaps 1 − ℓ_j
 
     if n_keep > n and n_keep > k:
-        Kinv, lev = fresh(keep)
+        keepf = torch.ones(d, dtype=A.dtype, device=A.device)
+        pen = torch.zeros(d, dtype=A.dtype, device=A.device)  # +inf once removed
+        Kinv, gap = fresh(keepf)
         since = 0
+        tiny = torch.finfo(A.dtype).tiny
         while n_keep > max(k, n):
-            gap = (1.0 - lev).clamp_min(torch.finfo(A.dtype).tiny)
-            score = torch.where(keep, theta * theta / gap, inf)
-            i = int(score.argmin())
-            u = Kinv @ A[:, i]
-            Atu = A.T @ u
-            v = Atu * keep  # A_Rᵀ K⁻¹ a_i  (v_i = ℓ_i)
-            g = 1.0 - v[i]
-            theta += (theta[i] / g) * v  # θ − θ_i/(1 − ℓ_i)·(e_i − v) on R
+            i = int(torch.addcdiv(pen, theta * theta, gap.clamp_min(tiny)).argmin())
+            u = Kinv @ At[i]
+            Atu = At @ u
+            v = Atu * keepf  # A_Rᵀ K⁻¹ a_i  (v_i = ℓ_i)
+            g = 1.0 - float(v[i])
+            theta.add_(v, alpha=float(theta[i]) / g)  # θ − θ_i/(1 − ℓ_i)·(e_i − v) on R
             theta[i] = 0.0
-            keep[i] = False
+            keepf[i] = 0.0
+            pen[i] = math.inf
             n_keep -= 1
             since += 1
             if since >= refresh:
-                Kinv, lev = fresh(keep)
+                Kinv, gap = fresh(keepf)
                 since = 0
             else:
-                Kinv += torch.outer(u, u) / g
-                lev += Atu * Atu / g
-            theta[~keep] = 0.0
+                Kinv.addr_(u, u, alpha=1.0 / g)
+                gap.addcmul_(Atu, Atu, value=-1.0 / g)
+        keep = keepf > 0
+        theta.masked_fill_(~keep, 0.0)
     if n_keep > k:
         idx = keep.nonzero().squeeze(1)
         AR = A[:, idx]

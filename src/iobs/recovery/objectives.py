@@ -115,6 +115,12 @@ class LeastSquares(Objective):
     def hessian_factor(self, theta=None):
         return self.A, 0.0
 
+    def columns(self):
+        """(Aᵀ contiguous, squared column norms = diag AᵀA), computed once and kept."""
+        if getattr(self, "_columns", None) is None:
+            self._columns = (self.A.T.contiguous(), torch.linalg.vector_norm(self.A, dim=0).square_())
+        return self._columns
+
     def batch_grad(self, theta, rows):
         """Unbiased mini-batch estimate of ∇f: (n/|B|) A_Bᵀ(A_B θ − y_B)."""
         AB = self.A[rows]

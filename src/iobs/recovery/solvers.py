@@ -328,9 +328,12 @@ class _HessianBlocks:
         factor = self.objective.hessian_factor(theta)
         if factor is not None:
             B, self.c = factor
-            self.Bt = B.T.contiguous()  # rows of Bᵀ = columns of B, gathered contiguously
             self.H = None
-            self.diag = (B * B).sum(0) + self.c
+            if isinstance(self.objective, LeastSquares):  # fixed A: prepared once per objective
+                self.Bt, self.diag = self.objective.columns()
+            else:
+                self.Bt = B.T.contiguous()  # rows of Bᵀ = columns of B, gathered contiguously
+                self.diag = torch.linalg.vector_norm(B, dim=0).square_() + self.c
         else:
             self.H = self.objective.hessian(theta)
             self.diag = self.H.diagonal()
@@ -547,14 +550,21 @@ def _restricted(objective, k, setup, damping, projection, support, expand, selec
         tp = torch.cholesky_solve((HTT @ theta[idx] - g[idx])[:, None], L).squeeze(1)
         new = torch.zeros_like(theta)
         cache = None
-        if idx.numel() <= k:
+        reuse = objective.is_quadratic and not lam
+        if idx.numel() <= k:  # building up the support: T is the new support
             new[idx] = tp
+            if reuse:
+                cache = (idx, HTT, torch.cholesky_inverse(L))
         elif projection == "topk":
-            new[idx] = _hard_threshold(tp, k)
+            keep = topk_mask(tp.abs(), k)
+            new[idx] = tp * keep
+            if reuse:
+                HKK = HTT[keep][:, keep]
+                cache = (idx[keep], HKK, torch.cholesky_inverse(torch.linalg.cholesky(HKK)))
         elif support == "greedy":  # sequential OBS removals = the joint OBS update on the kept set
             w, keep, Hinv = _greedy_obs_row(tp, torch.cholesky_inverse(L), idx.numel() - k)
             new[idx] = w
-            if objective.is_quadratic and not lam:
+            if reuse:
                 cache = (idx[keep], HTT[keep][:, keep], Hinv[keep][:, keep])
         else:
             sub = topk_mask(tp.abs(), k) if support == "topk" else exact_support(tp, HTT, k)
