@@ -185,6 +185,8 @@ def test_cli_prune_prints_table_and_refuses_existing_out(tmp_path, capsys):
         "--quiet",
         "--device",
         "cpu",
+        "--threads",
+        "1",
     ]
     assert main(argv) == 0
     text = capsys.readouterr().out

@@ -58,6 +58,12 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--layers", action="store_true", help="print every layer instead of one row per kind")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)",
+    )
 
 
 def config_from_args(args) -> PruneConfig:
@@ -146,6 +152,12 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
+    if args.threads is not None:
+        import torch
+
+        from iobs._validate import check_int_range
+
+        torch.set_num_threads(check_int_range("threads", args.threads, 1, 4096))
     report = prune(config, progress=not args.quiet)
     print(format_report(report, per_layer=args.layers))
     return 0

@@ -4,7 +4,8 @@
 states, rotary cos/sin, masks, position ids) for every calibration sample, then block by block:
 accumulate H = Σ x xᵀ for each prunable layer of the block, solve each layer, re-run the pruned block
 to produce the next block's inputs. Samples stream through a block one at a time, so memory holds one
-block's weights on the device plus nsamples × seqlen × hidden activations (twice).
+block's weights on the device plus nsamples × seqlen × hidden activations (each sample's block output
+replaces its input).
 
 ``sequential="block"`` (default, SparseGPT's reference choice): every layer of a block gets its H from
 one pass over the block's inputs, i.e. later layers of the block see dense earlier layers of the same
