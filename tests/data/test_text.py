@@ -37,7 +37,8 @@ def test_articles_are_readable_prose(articles):
     assert "Aristotle" in joined and "aardvark" in joined  # case preserved
 
 
-def test_splits_are_disjoint_by_article_and_match_the_title_hash(articles, fresh_cache):
+def test_splits_are_disjoint_by_article_and_match_the_title_hash(articles, fresh_cache, monkeypatch):
+    monkeypatch.setattr(T, "wiki_articles", lambda: articles)  # parsed once by the fixture
     by_split = {name: [b for t, b in articles if T.split_of(t) == name] for name in T.WIKI_SPLITS}
     assert all(by_split.values())  # every split non-empty
     n = len(articles)
