@@ -701,7 +701,7 @@ def stochastic_iobs(
         gQ = g * (theta != 0)
         denom = lam + (float(gQ @ gQ) / gnorm if gnorm > 0 else 0.0)
         new = _hard_threshold(theta - g / denom, k)
-        converged = trace.step(new, theta) and (batch_size is None or gnorm == 0.0 or batch_size == n)
+        converged = trace.step(new, theta)  # with mini-batches only where every batch gradient vanishes
         theta = new
         if converged:
             break
