@@ -195,6 +195,6 @@ def test_cli_prune_prints_table_and_refuses_existing_out(tmp_path, capsys):
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "--exclude", "*.nothing"]) == 2
-    assert "matches no module" in capsys.readouterr().err
+    assert "matches no prunable" in capsys.readouterr().err
     assert main(["prune", "no-such-model", "--calib", "random", "--quiet"]) == 2
     assert "unknown model" in capsys.readouterr().err

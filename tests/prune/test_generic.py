@@ -106,7 +106,7 @@ def test_generic_bad_input():
     net = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(ValueError, match="empty"):
         prune_module(net, [], progress=False)
-    with pytest.raises(ValueError, match="matches no module"):
+    with pytest.raises(ValueError, match="matches no prunable"):
         prune_module(net, [torch.randn(2, 4)], include=["*.fc"], progress=False)
     with pytest.raises(ValueError, match="divisible"):
         prune_module(

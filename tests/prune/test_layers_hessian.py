@@ -27,9 +27,9 @@ def test_find_layers_default_excludes_lm_head_and_patterns():
 
 @pytest.mark.parametrize("bad", ["*.qproj", "re:nothing_here$"])
 def test_pattern_matching_nothing_is_an_error(bad):
-    with pytest.raises(ValueError, match="matches no module"):
+    with pytest.raises(ValueError, match="matches no prunable"):
         find_layers(tiny_model("llama"), include=[bad])
-    with pytest.raises(ValueError, match="matches no module"):
+    with pytest.raises(ValueError, match="matches no prunable"):
         find_layers(tiny_model("llama"), exclude=[bad])
 
 
@@ -136,3 +136,16 @@ def test_layers_sharing_an_input_share_the_product_but_not_H():
     torch.testing.assert_close(acc["b"].H, X.t() @ X)
     torch.testing.assert_close(acc["c"].H, T.t() @ T)
     assert acc["a"].H is not acc["b"].H and acc["a"].tokens == acc["b"].tokens == acc["c"].tokens == 10
+
+
+def test_patterns_match_ancestors():
+    model = tiny_model("llama")
+    assert list(find_layers(model, exclude=["*.mlp", "model.layers.1"])) == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.0.self_attn.k_proj",
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.0.self_attn.o_proj",
+    ]
+    assert len(find_layers(model, include=["model.layers.1"])) == 7
+    with pytest.raises(ValueError, match="matches no prunable layer"):
+        find_layers(model, include=["*.input_layernorm"])  # a module, but it holds no prunable layer

@@ -54,7 +54,10 @@ def _compile(pattern: str):
 
 
 def match_any(name: str, patterns: Iterable[str]) -> bool:
-    return any(_compile(p)(name) for p in patterns)
+    """True when a pattern matches ``name`` or one of its ancestors ('model.layers.0' selects the block)."""
+    parts = name.split(".")
+    candidates = [".".join(parts[:k]) for k in range(len(parts), 0, -1)]
+    return any(_compile(p)(c) for p in patterns for c in candidates)
 
 
 def find_layers(
@@ -69,11 +72,12 @@ def find_layers(
 ) -> dict[str, nn.Module]:
     """Prunable modules of ``model`` by dotted name, in definition order.
 
-    ``include`` (default: all) and ``exclude`` are glob or ``re:`` patterns; :data:`DEFAULT_EXCLUDE`
-    (output heads) is added to ``exclude`` unless ``default_exclude=False``. With ``strict``, a
-    pattern that matches no module name is an error (a typo would otherwise silently prune everything
-    or nothing). Grouped / depthwise convolutions are skipped
-    when ``skip_grouped`` (the default) and an error otherwise.
+    ``include`` (default: all) and ``exclude`` are glob or ``re:`` patterns matched against a layer's
+    name or any of its ancestors (``*.mlp`` selects every layer inside an MLP); :data:`DEFAULT_EXCLUDE`
+    (output heads) is added to ``exclude`` unless ``default_exclude=False``. With ``strict``, a pattern
+    that selects no prunable layer is an error (a typo would otherwise silently prune everything or
+    nothing). Grouped / depthwise convolutions are skipped when ``skip_grouped`` (the default) and an
+    error otherwise.
     """
     include = list(include) if include else None
     user_exclude = list(exclude or [])
@@ -81,13 +85,13 @@ def find_layers(
     exclude = user_exclude + (list(DEFAULT_EXCLUDE) if default_exclude else [])
     for p in user_patterns:
         _compile(p)
-    names = []
+    prunable = []
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         full = f"{prefix}{name}" if name else prefix.rstrip(".")
-        names.append(full)
         if not is_prunable(module):
             continue
+        prunable.append(full)
         if include is not None and not match_any(full, include):
             continue
         if match_any(full, exclude):
@@ -103,10 +107,11 @@ def find_layers(
         found[full] = module
     if strict:
         for p in user_patterns:
-            if not any(_compile(p)(n) for n in names):
+            if not any(match_any(n, [p]) for n in prunable):
                 raise ValueError(
-                    f"layer pattern {p!r} matches no module name; names look like {names[1:4]!r} "
-                    "(globs such as '*.q_proj', or 're:' + a regular expression)"
+                    f"layer pattern {p!r} matches no prunable layer (Linear, Conv1D, Conv2d) nor a module "
+                    f"containing one; layer names look like {prunable[:3]!r} (globs such as '*.q_proj', "
+                    "'*.mlp', or 're:' + a regular expression)"
                 )
     return found
 
