@@ -222,8 +222,16 @@ def _chart(results: dict) -> bytes:
         for b, v in zip(bars, vals):
             ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [r["method"] for r in rows])
-    ax.set_yscale("log")
-    ax.set_ylabel("perplexity (log scale, lower is better)")
+    allv = [r["ppl"][c]["ppl"] for r in rows for c in corpora]
+    if max(allv) > 3 * min(allv):  # magnitude pruning is often 10x worse: log scale keeps the rest visible
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("perplexity (log scale, lower is better)")
+    else:
+        ax.set_ylabel("perplexity (lower is better)")
     cal = results["calibration"]
     ax.set_title(
         f"{results['model']} pruned to {_target_label(results['target'])} "
