@@ -189,7 +189,7 @@ class Logistic(Objective):
 
 
 class TorchObjective(Objective):
-    """A user objective ``fn(θ) -> scalar tensor``; gradient and Hessian by torch.func."""
+    """A user objective ``fn(θ) -> scalar tensor``; gradient and Hessian by autograd."""
 
     def __init__(self, fn, d: int, dtype: torch.dtype = torch.float64, device=None, quadratic: bool = False):
         if not callable(fn):
@@ -220,8 +220,14 @@ class TorchObjective(Objective):
         return v.reshape(())
 
     def grad(self, theta):
-        return torch.func.grad(lambda t: self.value(t))(self._check_theta(theta))
+        with torch.enable_grad():
+            t = self._check_theta(theta).detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.value(t), t)
+        return g
 
     def hessian(self, theta):
-        H = torch.func.hessian(lambda t: self.value(t))(self._check_theta(theta))
+        """Exact Hessian by double backward (vectorised over rows when d > 64)."""
+        H = torch.autograd.functional.hessian(
+            lambda t: self.value(t), self._check_theta(theta).detach(), vectorize=self.d > 64
+        )
         return 0.5 * (H + H.T)
