@@ -180,6 +180,22 @@ def test_greedy_obs_matches_from_scratch_reference(d, n_prune, seed):
     assert bool((W_new[~mask] == 0).all())
 
 
+def test_greedy_obs_single_row_path_equals_batched_path():
+    """One row (the cheap-indexing kernel) and several rows (the batched kernel) give the same answer."""
+    H, g = random_spd(11, 7, cond_shift=0.5)
+    Hinv = torch.linalg.inv(H)
+    W = torch.randn(3, 11, generator=g, dtype=F64)
+    W_all, mask_all = greedy_obs(W, Hinv, n_prune=6)
+    for r in range(3):
+        w_r, mask_r = greedy_obs(W[r], Hinv, n_prune=6)
+        assert torch.equal(mask_r, mask_all[r])
+        torch.testing.assert_close(w_r, W_all[r], rtol=1e-10, atol=1e-12)
+        w_ref, keep_ref = greedy_reference(W[r], H, 6)
+        assert torch.equal(mask_r, keep_ref)
+        torch.testing.assert_close(w_r, w_ref, rtol=1e-9, atol=1e-9)
+        assert bool((w_r[~mask_r] == 0).all())
+
+
 def test_greedy_obs_vector_and_nm():
     H, g = random_spd(12, 5, cond_shift=1.0)
     Hinv = torch.linalg.inv(H)
