@@ -230,3 +230,21 @@ def test_nonfinite_weights_are_refused(ids):
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"layer model\.layers\.1\.mlp\.down_proj .*NaN/Inf"):
         prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
+
+
+def test_blocks_with_their_own_masks_get_them(ids):
+    """Qwen2 with sliding-window attention in block 1: the walk must call each block with the mask the
+    model gives it; in true-sequential mode every layer's error then equals the error from its actual
+    inputs in the final model (block 1's o_proj/MLP inputs depend on its sliding-window attention)."""
+    kw = dict(layers=2, use_sliding_window=True, sliding_window=3, max_window_layers=1)
+    from iobs.models.tiny import tiny_config
+
+    assert tiny_config("qwen2", **kw).layer_types == ["full_attention", "sliding_attention"]
+    dense = tiny_model("qwen2", dtype=D, **kw)
+    model = copy.deepcopy(dense)
+    records = prune_decoder(model, ids, "sparsegpt", 0.5, sequential="true", progress=False)
+    layers, dense_layers = find_layers(model), find_layers(dense)
+    for r in records:
+        X = capture(model, layers[r["name"]], ids)
+        err = recomputed_error(get_weight(dense_layers[r["name"]]), get_weight(layers[r["name"]]), X)
+        assert r["error"] == pytest.approx(err, rel=1e-8), r["name"]

@@ -24,12 +24,14 @@ def tiny_config(
     heads: int = 4,
     vocab: int = VOCAB,
     positions: int = 256,
+    **extra,
 ):
-    """A transformers config for a tiny model of architecture ``arch`` (one of :data:`ARCHS`)."""
+    """A transformers config for a tiny model of architecture ``arch`` (one of :data:`ARCHS`); ``extra``
+    goes to the config class (e.g. ``use_sliding_window=True`` for qwen2)."""
     import transformers as tf
 
     inter = intermediate or 2 * hidden
-    common = {"vocab_size": vocab, "bos_token_id": 256, "eos_token_id": 256, "pad_token_id": None}
+    common = {"vocab_size": vocab, "bos_token_id": 256, "eos_token_id": 256, "pad_token_id": None, **extra}
     if arch == "llama":
         return tf.LlamaConfig(
             hidden_size=hidden,

@@ -224,26 +224,53 @@ def _share(value, ref):
     return value
 
 
+def _same(a, b) -> bool:
+    """Structural equality of block arguments (tensors by value)."""
+    if a is b:
+        return True
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (
+            torch.is_tensor(a)
+            and torch.is_tensor(b)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and a.device == b.device
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects without a usable ==
+        return False
+
+
+def _split_hidden(args: tuple, kwargs: dict):
+    kwargs = dict(kwargs)
+    if args:
+        return args[0], tuple(args[1:]), kwargs, False
+    return kwargs.pop("hidden_states"), (), kwargs, True
+
+
 class BlockInputs:
     """What the model passes block 0 for each calibration sample: hidden states and the rest (shared
-    between samples when identical, e.g. rotary cos/sin and causal masks)."""
+    between samples when identical, e.g. rotary cos/sin and causal masks). Blocks that receive other
+    arguments than block 0 (per-layer sliding-window masks) keep their own in ``per_block``."""
 
     def __init__(self):
         self.hidden: list[torch.Tensor] = []
         self.args: list[tuple] = []
         self.kwargs: list[dict] = []
         self.hidden_kw = False
+        self.per_block: dict[int, tuple[list[tuple], list[dict]]] = {}
 
     def __len__(self):
         return len(self.hidden)
 
     def add(self, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            hidden, rest = kwargs.pop("hidden_states"), ()
-            self.hidden_kw = True
+        hidden, rest, kwargs, self.hidden_kw = _split_hidden(args, kwargs)
         if self.hidden:
             rest = _share(rest, self.args[0])
             kwargs = _share(kwargs, self.kwargs[0])
@@ -251,12 +278,26 @@ class BlockInputs:
         self.args.append(rest)
         self.kwargs.append(kwargs)
 
-    def call(self, block: nn.Module, j: int, hidden: torch.Tensor | None = None):
+    def set_block(self, i: int, rests: list[tuple[tuple, dict]]) -> None:
+        """Arguments block ``i`` received per sample; kept only where they differ from block 0's."""
+        if all(_same(r, (self.args[j], self.kwargs[j])) for j, r in enumerate(rests)):
+            return
+        args = [_share(a, rests[0][0]) for a, _ in rests]
+        kwargs = [_share(k, rests[0][1]) for _, k in rests]
+        self.per_block[i] = (args, kwargs)
+        log.info("block %d receives other arguments than block 0 (e.g. a sliding-window mask)", i)
+
+    def call(self, block: nn.Module, j: int, i: int = 0, hidden: torch.Tensor | None = None):
+        """Run ``block`` (block number ``i``) on sample ``j``'s hidden states; return its output."""
         h = self.hidden[j] if hidden is None else hidden
-        if self.hidden_kw:
-            out = block(*self.args[j], hidden_states=h, **self.kwargs[j])
+        if i in self.per_block:
+            args, kwargs = self.per_block[i][0][j], self.per_block[i][1][j]
         else:
-            out = block(h, *self.args[j], **self.kwargs[j])
+            args, kwargs = self.args[j], self.kwargs[j]
+        if self.hidden_kw:
+            out = block(*args, hidden_states=h, **kwargs)
+        else:
+            out = block(h, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -278,15 +319,35 @@ def _move_outside(model: nn.Module, skip: set[int], device: torch.device) -> Non
                     m._buffers[k] = b.to(device)
 
 
-def capture_block_inputs(model: nn.Module, block0: nn.Module, calib_ids: torch.Tensor, device) -> BlockInputs:
-    """Run the model on each calibration sample up to block 0 and record what block 0 receives."""
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, calib_ids: torch.Tensor, device
+) -> BlockInputs:
+    """Record what the model passes its blocks for each calibration sample.
+
+    Every block's ``forward`` is replaced for the duration by a recorder that returns its input unchanged
+    (so the pass costs the embeddings only) and the last one ends the pass. Block 0's hidden states
+    and arguments are kept; later blocks' arguments only where they differ from block 0's.
+    """
     inputs = BlockInputs()
+    later: dict[int, list] = {i: [] for i in range(1, len(blocks))}
+    last = len(blocks) - 1
 
-    def pre(module, args, kwargs):
-        inputs.add(args, kwargs)
-        raise _StopForward
+    def recorder(i):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if i == 0:
+                inputs.add(args, kwargs)
+            else:
+                _, rest, kw, _ = _split_hidden(args, kwargs)
+                later[i].append((rest, kw))
+            if i == last:
+                raise _StopForward
+            return hidden
 
-    handle = block0.register_forward_pre_hook(pre, with_kwargs=True)
+        return forward
+
+    for i, block in enumerate(blocks):
+        block.forward = recorder(i)
     try:
         with torch.no_grad():
             for j in range(calib_ids.shape[0]):
@@ -295,9 +356,12 @@ def capture_block_inputs(model: nn.Module, block0: nn.Module, calib_ids: torch.T
                     model(input_ids=ids, use_cache=False)
                 except _StopForward:
                     continue
-                raise RuntimeError("the model's forward pass never reached its first decoder block")
+                raise RuntimeError("the model's forward pass never reached its last decoder block")
     finally:
-        handle.remove()
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+    for i, rests in later.items():
+        inputs.set_block(i, rests)
     return inputs
 
 
@@ -400,7 +464,7 @@ def prune_decoder(
     records: list[dict] = []
     try:
         t0 = time.perf_counter()
-        inputs = capture_block_inputs(model, blocks[0], calib_ids, dev)
+        inputs = capture_block_inputs(model, blocks, calib_ids, dev)
         log.info("captured block inputs of %d samples in %.1fs", len(inputs), time.perf_counter() - t0)
         done = 0
         if state is not None:
@@ -431,7 +495,7 @@ def prune_decoder(
                     records.extend(recs)
                 # the pruned block's outputs are the next block's inputs
                 for j in range(len(inputs)):
-                    inputs.hidden[j] = inputs.call(block, j)
+                    inputs.hidden[j] = inputs.call(block, j, i)
                 if dev != home and offload:
                     block.to(home)
                 if i >= done:
@@ -458,7 +522,7 @@ def _prune_block(
     if not layers:
         return []
     if sequential == "true":
-        groups, single = execution_groups(lambda: inputs.call(block, 0), layers)
+        groups, single = execution_groups(lambda: inputs.call(block, 0, i), layers)
     else:
         groups, single = [list(layers)], True
     records = []
@@ -468,7 +532,7 @@ def _prune_block(
         with accumulate_hessians(sub, hdtype) as acc:
             for j in range(len(inputs)):
                 with _StopAfter(sub[group[-1]] if single and sequential == "true" else None):
-                    _call(lambda j=j: inputs.call(block, j))
+                    _call(lambda j=j: inputs.call(block, j, i))
         hs = time.perf_counter() - t0
         extra = {"block": i, "group": gi, "hessian_seconds": hs / len(group)}
         records += _solve_group(sub, acc, method, sparsity, pattern, solve, layer_kwargs, extra)
