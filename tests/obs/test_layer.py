@@ -157,3 +157,22 @@ def test_cuda_matches_cpu(method):
     assert gpu.W.device.type == "cuda" and gpu.mask.device.type == "cuda"
     assert torch.equal(gpu.mask.cpu(), cpu.mask)
     torch.testing.assert_close(gpu.W.cpu(), cpu.W, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("spec", [dict(sparsity=0.5), dict(sparsity=0.3, per_row=True), dict(pattern="2:4")])
+def test_coarse_grid_weights_with_many_ties(method, spec):
+    """Weights on a 4-bit-like grid with exact zeros (as the dequantized SmolLM2): budgets stay exact and
+    the result is deterministic."""
+    W, X, H = correlated_layer(8, 32, seed=6)
+    W = torch.round(W * 2) / 2  # values in {..., -0.5, 0, 0.5, ...}: many exact ties and zeros
+    a = prune_layer(W, H, method, **spec)
+    b = prune_layer(W, H, method, **spec)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.W, b.W)
+    pruned = (~a.mask).sum(1)
+    if "pattern" in spec:
+        assert (a.mask.reshape(8, 8, 4).sum(-1) == 2).all()
+    elif spec.get("per_row"):
+        assert (pruned == int(0.3 * 32)).all()
+    else:
+        assert int(pruned.sum()) == 128
