@@ -109,3 +109,16 @@ def test_to_changes_dtype():
     A, y, _ = data()
     obj = LeastSquares(A, y).to(dtype=torch.float32)
     assert obj.A.dtype == torch.float32 and obj.y.dtype == torch.float32
+
+
+def test_least_squares_residual_memo_sees_in_place_changes():
+    A, y, g = data()
+    obj = LeastSquares(A, y)
+    theta = torch.randn(5, generator=g, dtype=F64)
+    f0 = float(obj.value(theta))
+    theta.add_(1.0)
+    assert float(obj.value(theta)) == pytest.approx(0.5 * float(((A @ theta - y) ** 2).sum()))
+    assert float(obj.value(theta)) != pytest.approx(f0)
+    with torch.inference_mode():
+        t = theta.clone()
+        torch.testing.assert_close(obj.grad(t), A.T @ (A @ t - y))

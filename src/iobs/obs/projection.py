@@ -82,7 +82,6 @@ def obs_project(
     H = H.to(rows)
     keep = mask.to(rows.dtype)
     rhs = ((rows * (1 - keep)) @ H) * keep  # (H_QS θ⁺_S) on Q, 0 on S  (H symmetric)
-    eye = torch.eye(d, dtype=rows.dtype, device=rows.device)
     if bool((mask == mask[:1]).all()):  # one shared support: one factorisation of H_QQ
         u = keep[0]
         L = cholesky_or_raise(
@@ -91,6 +90,7 @@ def obs_project(
         out = (rows + torch.cholesky_solve(rhs.T, L).T) * u
         return out.squeeze(0) if vec else out
     out = torch.empty_like(rows)
+    eye = torch.eye(d, dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], chunk):
         u = keep[start : start + chunk]  # (c, d)
         M = H * (u[:, :, None] * u[:, None, :]) + eye * (1 - u)[:, None, :]

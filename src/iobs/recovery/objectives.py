@@ -95,6 +95,8 @@ class LeastSquares(Objective):
 
     def residual(self, theta):
         """Aθ − y; the last one is remembered (value and grad at the same θ share it)."""
+        if theta.is_inference():  # no version counter to tell an in-place change: no memo
+            return self.A @ self._check_theta(theta) - self.y
         last = getattr(self, "_last", None)
         if last is not None and last[0] is theta and last[1] == theta._version:
             return last[2]
