@@ -248,3 +248,39 @@ def test_blocks_with_their_own_masks_get_them(ids):
         X = capture(model, layers[r["name"]], ids)
         err = recomputed_error(get_weight(dense_layers[r["name"]]), get_weight(layers[r["name"]]), X)
         assert r["error"] == pytest.approx(err, rel=1e-8), r["name"]
+
+
+def _propagation_matches_model(model, ids):
+    """Running the blocks by hand on the captured inputs reproduces the model's own hidden states."""
+    from iobs.prune.sequential import capture_block_inputs
+
+    _, blocks = find_blocks(model)
+    inputs = capture_block_inputs(model, blocks, ids, torch.device("cpu"))
+    with torch.no_grad():
+        ref = [
+            model(ids[j : j + 1], output_hidden_states=True, use_cache=False).hidden_states for j in range(2)
+        ]
+        for i, block in enumerate(blocks[:-1]):  # the last hidden state is taken after the final norm
+            for j in range(2):
+                inputs.hidden[j] = inputs.call(block, j, i)
+                torch.testing.assert_close(inputs.hidden[j], ref[j][i + 1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_block_by_block_propagation_is_exact(arch, ids):
+    _propagation_matches_model(tiny_model(arch, layers=3), ids[:2])
+
+
+@pytest.mark.llm
+@pytest.mark.slow
+def test_block_by_block_propagation_is_exact_on_smollm2():
+    pytest.importorskip("gguf")
+    from iobs.models import MODELS, load_model
+
+    try:
+        MODELS["smollm2-135m"].path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model, _ = load_model("smollm2-135m")
+    ids = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(0))
+    _propagation_matches_model(model, ids)
