@@ -493,8 +493,8 @@ def prune_decoder(
                         layer_kwargs,
                     )
                     records.extend(recs)
-                # the pruned block's outputs are the next block's inputs
-                for j in range(len(inputs)):
+                # the pruned block's outputs are the next block's inputs (none after the last block)
+                for j in range(len(inputs) if i < len(blocks) - 1 else 0):
                     inputs.hidden[j] = inputs.call(block, j, i)
                 if dev != home and offload:
                     block.to(home)
