@@ -204,6 +204,7 @@ def test_bad_input():
     [
         {},
         {"select": "gradient"},
+        {"select": "gradient", "expand": 6},  # the form: T = supp θ ∪ top-k |∇f|
         {"expand": 1},
         {"expand": 10, "refine": True},
         {"support": "topk"},
