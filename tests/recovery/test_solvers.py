@@ -267,3 +267,17 @@ def test_restricted_bad_options():
         restricted_iobs(obj, 3, support="magnitude")
     with pytest.raises(ValueError, match="patience must be"):
         solve(obj, 3, "restricted-topk-iobs", patience=0)
+
+
+def test_restricted_warm_start_with_more_entries_than_samples():
+    """k > n from a dense warm start: H_SS is singular, auto damping handles it and is reported;
+    damping=0 is a clear error."""
+    g = torch.Generator().manual_seed(17)
+    A = torch.randn(20, 60, generator=g, dtype=F64)
+    obj = LeastSquares(A, torch.randn(20, generator=g, dtype=F64))
+    theta0 = torch.randn(60, generator=g, dtype=F64)
+    res = restricted_iobs(obj, 40, theta0=theta0, max_iter=30)
+    assert res.damping > 0 and int((res.theta != 0).sum()) <= 40
+    assert res.history[-1]["objective"] < 1e-8 * res.history[0]["objective"]
+    with pytest.raises(ValueError, match="not positive definite"):
+        restricted_iobs(obj, 40, theta0=theta0, damping=0.0)

@@ -534,7 +534,10 @@ def _restricted(objective, k, setup, damping, projection, support, expand, selec
             S = theta != 0
             Sidx = S.nonzero().squeeze(1)
             HSS = blocks.block(Sidx, Sidx)
-            HSS_inv = torch.cholesky_inverse(cholesky_or_raise(HSS, "H_SS")) if Sidx.numel() else HSS
+            # (H_SS + λI)⁻¹ ranks the additions; H_TT below is damped on its own
+            HSS_inv = (
+                torch.cholesky_inverse(_damped_cholesky(HSS, damping, "H_SS")[0]) if Sidx.numel() else HSS
+            )
         else:  # the kept set of the last projection (even where an OBS-updated weight is exactly 0)
             Sidx, HSS, HSS_inv = cache
             S = torch.zeros_like(theta, dtype=torch.bool).index_fill_(0, Sidx, True)
