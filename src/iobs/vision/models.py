@@ -89,15 +89,10 @@ def build_model(name: str, **kwargs) -> nn.Module:
     raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
 
 
-# The ViT's attention and MLP Linear layers (Table 1: q, k, v, proj, fc1, fc2); head and patch stem excluded.
-VIT_PRUNABLE = (
-    "*.attention.attention.query",
-    "*.attention.attention.key",
-    "*.attention.attention.value",
-    "*.attention.output.dense",
-    "*.intermediate.dense",
-    "*.output.dense",
-)
+# Every Linear inside the ViT's transformer blocks = attention q, k, v, output projection and the MLP's
+# fc1, fc2 (Table 1's layers); the patch stem and the head stay dense. Matches transformers 4.x
+# (vit.encoder.layer.N.attention.attention.query, ...) and 5.x (vit.layers.N.attention.q_proj, ...) names.
+VIT_PRUNABLE = (r"re:(encoder\.layer|layers)\.\d+\.",)
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
