@@ -78,6 +78,7 @@ class LeastSquares(Objective):
     def __init__(self, A, y):
         self.A, self.y = _check_design(A, y)
         self.n, self.d = self.A.shape
+        self._columns = None
 
     @property
     def dtype(self):
@@ -96,13 +97,21 @@ class LeastSquares(Objective):
     def residual(self, theta):
         """Aθ − y; the last one is remembered (value and grad at the same θ share it)."""
         if theta.is_inference():  # no version counter to tell an in-place change: no memo
-            return self.A @ self._check_theta(theta) - self.y
+            return self._product(self._check_theta(theta)) - self.y
         last = getattr(self, "_last", None)
         if last is not None and last[0] is theta and last[1] == theta._version:
             return last[2]
-        r = self.A @ self._check_theta(theta) - self.y
+        r = self._product(self._check_theta(theta)) - self.y
         self._last = (theta, theta._version, r)
         return r
+
+    def _product(self, theta):
+        """Aθ, from the columns of the support only when θ is sparse (the solvers' iterates)."""
+        if self.d >= 64 and self._columns is not None:
+            nz = theta.nonzero().squeeze(1)
+            if 4 * nz.numel() <= self.d:
+                return self._columns[0][nz].T @ theta[nz]
+        return self.A @ theta
 
     def value(self, theta):
         r = self.residual(theta)
@@ -119,7 +128,7 @@ class LeastSquares(Objective):
 
     def columns(self):
         """(Aᵀ contiguous, squared column norms = diag AᵀA), computed once and kept."""
-        if getattr(self, "_columns", None) is None:
+        if self._columns is None:
             self._columns = (self.A.T.contiguous(), torch.linalg.vector_norm(self.A, dim=0).square_())
         return self._columns
 
