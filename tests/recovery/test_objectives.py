@@ -122,3 +122,18 @@ def test_least_squares_residual_memo_sees_in_place_changes():
     with torch.inference_mode():
         t = theta.clone()
         torch.testing.assert_close(obj.grad(t), A.T @ (A @ t - y))
+
+
+def test_least_squares_sparse_product_path():
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(30, 100, generator=g, dtype=F64)
+    y = torch.randn(30, generator=g, dtype=F64)
+    obj = LeastSquares(A, y)
+    At, col2 = obj.columns()
+    torch.testing.assert_close(At, A.T)
+    torch.testing.assert_close(col2, (A * A).sum(0))
+    theta = torch.zeros(100, dtype=F64)
+    theta[[3, 50, 97]] = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    torch.testing.assert_close(obj.residual(theta), A @ theta - y)
+    dense = torch.randn(100, generator=g, dtype=F64)
+    torch.testing.assert_close(obj.residual(dense), A @ dense - y)
