@@ -188,6 +188,9 @@ def test_bad_input():
         solve(obj, 3, "iobs", support="random")
     with pytest.raises(ValueError, match="step must be"):
         solve(obj, 3, "kiht", step=-1.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            solve(obj, 3, device="cuda")
     with pytest.raises(TypeError, match="objective must be"):
         solve("not an objective", 3)
     singular = TorchObjective(lambda t: (t[0] - 1.0) ** 2, d=3)

@@ -47,6 +47,7 @@ from iobs.obs.projection import (
 )
 from iobs.recovery.objectives import LeastSquares, Objective
 from iobs.recovery.result import RecoveryResult
+from iobs.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def _setup(objective, k, theta0, theta_star, max_iter, tol, device, dtype):
             f"(LeastSquares, Logistic, TorchObjective), "
             f"got {type(objective).__name__}"
         )
+    if device is not None:
+        device = resolve_device(device)  # "auto" picks CUDA when present; unavailable CUDA is a ValueError
     if device is not None or dtype is not None:
         objective = objective.to(device, dtype)
     d = objective.d
