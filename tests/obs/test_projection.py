@@ -222,6 +222,8 @@ def test_greedy_obs_bad_input():
         greedy_obs(torch.ones(2, 6, dtype=F64), torch.eye(6, dtype=F64), nm=(2, 4))
     with pytest.raises(ValueError, match="Hinv must have shape"):
         greedy_obs(torch.ones(4, dtype=F64), torch.eye(3, dtype=F64), n_prune=1)
+    with pytest.raises(ValueError, match="chunk_rows must be"):
+        greedy_obs(torch.ones(2, 4, dtype=F64), Hinv, n_prune=1, chunk_rows=0)
     with pytest.raises(ValueError, match="W contains"):
         greedy_obs(torch.tensor([1.0, float("nan"), 0, 0], dtype=F64), Hinv, n_prune=1)
 

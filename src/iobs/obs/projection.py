@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from iobs._validate import check_finite, check_k, check_shape, parse_nm
+from iobs._validate import check_finite, check_int_range, check_k, check_shape, parse_nm
 
 #: ``exact_support`` refuses problems with more candidate supports than this.
 EXACT_MAX_SUPPORTS = 200_000
@@ -187,7 +187,9 @@ def greedy_obs(
     if r == 1 and nm is None:
         w_new, keep, _ = _greedy_obs_row(rows[0], Hinv, n_prune)
         return (w_new, keep) if vec else (w_new[None], keep[None])
-    chunk_rows = chunk_rows or _default_chunk_rows(d, rows.element_size())
+    if chunk_rows is None:
+        chunk_rows = _default_chunk_rows(d, rows.element_size())
+    chunk_rows = check_int_range("chunk_rows", chunk_rows, 1, 2**62)
     W_out = rows.clone()
     mask_out = torch.ones(r, d, dtype=torch.bool, device=rows.device)
     inf = torch.tensor(float("inf"), dtype=rows.dtype, device=rows.device)
