@@ -29,7 +29,9 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    load = f", load average at start {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", 1-min load average when the table was written {os.getloadavg()[0]:.1f}"
     return f"{cpu}, nproc {os.cpu_count()}{mem}{load}"
 
 
