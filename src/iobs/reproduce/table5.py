@@ -35,12 +35,12 @@ TARGET_FROM = 0.6
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="mlpnet", help="comma list of mlpnet, mobilenet (default: mlpnet)")
     p.add_argument("--sparsities", default=None, help="comma list in [0, 1) (default: per model, see --help)")
-    p.add_argument("--grads", type=int, default=1200, help="per-sample gradients per method (budget N)")
+    p.add_argument("--grads", type=int, default=600, help="per-sample gradients per method (budget N)")
     p.add_argument("--iterations", type=int, default=3, help="I-OBS iterations T (N/T gradients each)")
     p.add_argument("--block-size", type=int, default=500, help="Fisher block size (weights per block)")
     p.add_argument("--damping", type=float, default=1e-2, help="relative Fisher damping λ/mean(diag F)")
-    p.add_argument("--lr", type=float, default=0.3, help="I-OBS Newton step size")
-    p.add_argument("--cbs-swaps", type=int, default=300, help="CBS local search: maximum swaps")
+    p.add_argument("--lr", type=float, default=1.0, help="I-OBS largest Newton step size (line search below)")
+    p.add_argument("--cbs-swaps", type=int, default=200, help="CBS local search: maximum swaps")
     p.add_argument("--cbs-candidates", type=int, default=64, help="CBS local search: candidates per side")
     p.add_argument("--val-size", type=int, default=5000, help="held-out training images for I-OBS selection")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
@@ -90,7 +90,7 @@ def _config(args) -> dict:
     return cfg
 
 
-_DEFAULTS = {"grads": 1200, "block_size": 500, "cbs_swaps": 300, "val_size": 5000, "test_limit": None}
+_DEFAULTS = {"grads": 600, "block_size": 500, "cbs_swaps": 200, "val_size": 5000, "test_limit": None}
 
 
 def _reference(name: str, cfg: dict):

@@ -2,7 +2,10 @@
 
 Iteration t = 1..T on a fresh batch of ``n`` samples (so T iterations use T·n per-sample gradients):
   1. at the current (sparse) weights θ_t, per-sample gradients → Fisher blocks F_t and mean gradient g_t;
-  2. Newton point θ⁺ = θ_t − lr · F_t⁻¹ g_t (skipped at t = 1: iteration 1 is one-shot WoodFisher);
+  2. Newton point θ⁺ = θ_t − η F_t⁻¹ g_t (skipped at t = 1: iteration 1 is one-shot WoodFisher), with η the
+     value in ``lr · LINE_SEARCH`` (0 included) of lowest loss on the same batch: a backtracking line search
+     that costs forward passes only (no extra gradients) and guards against the natural-gradient step on an
+     empirical Fisher overshooting near the optimum;
   3. support: keep the d − floor(s·d) largest OBS saliencies θ⁺_i² / [F_t⁻¹]_ii (global budget);
   4. θ_{t+1} = the exact OBS update of θ⁺ on that support under F_t (block by block).
 The loop is :func:`iobs.prune.outer_loop.run_iobs` (dense step = 1–2, projection = 3–4), which evaluates each
@@ -21,6 +24,9 @@ from iobs._validate import check_sparsity
 from iobs.prune.outer_loop import LoopResult, run_iobs
 from iobs.vision.fisher import empirical_fisher, get_flat, prunable_weights, set_flat
 from iobs.vision.global_prune import keep_mask, newton_point, obs_saliency, obs_update
+
+#: step sizes tried by the line search, as multiples of ``lr``
+LINE_SEARCH = (1.0, 0.3, 0.1, 0.03, 0.01, 0.0)
 
 
 def iobs_global(
@@ -54,12 +60,22 @@ def iobs_global(
         t0 = time.perf_counter()
         fisher = fisher_here(batch)
         theta = get_flat(params).to(fisher.A.dtype)
-        theta_plus = newton_point(theta, fisher, lr)
+        direction = newton_point(theta, fisher, 1.0) - theta
+        X, y = batch
+        tried = {}
+        for f in LINE_SEARCH:
+            set_flat(params, theta + f * lr * direction)
+            with torch.no_grad():
+                out = m(X)
+                tried[f * lr] = float(nn.functional.cross_entropy(getattr(out, "logits", out), y))
+        eta = min(tried, key=tried.get)
+        theta_plus = theta + eta * direction
         set_flat(params, theta_plus)
         state.update(batch=batch, fisher=fisher)
         return {
             "step": "fisher-newton",
-            "lr": lr,
+            "lr": eta,
+            "line_search": tried,
             "step_norm": float((theta_plus - theta).norm()),
             "seconds": time.perf_counter() - t0,
         }
