@@ -61,3 +61,27 @@ def test_too_short_or_empty_text_is_a_clear_error(tok, tmp_path):
         calibration_batch(tok, source=str(p), nsamples=0)
     with pytest.raises(ValueError, match="unknown text"):
         calibration_batch(tok, source="wikki")
+
+
+def test_c4_follows_the_peers_document_protocol_offline(tok, monkeypatch):
+    from iobs.data import text as T
+
+    docs = ["short doc", "x" * 300, "another short one", "y" * 50 + "z" * 250]
+    monkeypatch.setattr(T, "c4_train_documents", lambda: docs)
+    batch = calibration_batch(tok, source="c4", nsamples=6, seqlen=100, seed=3)
+    assert batch.shape == (6, 100)
+    assert torch.equal(batch, calibration_batch(tok, source="c4", nsamples=6, seqlen=100, seed=3))
+    for w in batch:  # each window lies inside one long document
+        piece = bytes(w.tolist()).decode()
+        assert any(piece in d for d in docs if len(d) > 100)
+
+
+def test_hub_corpora_need_datasets_and_say_so(monkeypatch):
+    import sys
+
+    from iobs.data import text as T
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    T._load_named.cache_clear()
+    with pytest.raises(ValueError, match="wikitext2.*pip install datasets.*network"):
+        load_text("wikitext2")

@@ -27,12 +27,16 @@ def calibration_batch(tokenizer, source: str = "wiki", nsamples: int = 32, seqle
 
     ``source``: "wiki" (= "wiki-calib", the calibration split of the Wikipedia excerpt), "wikitext2",
     "c4" (their training splits; network), any name of ``iobs.data.text.CORPORA`` or a text file.
-    Windows may overlap each other; the same ``seed`` gives the same windows.
+    Windows may overlap each other; the same ``seed`` gives the same windows. For C4 the peers'
+    protocol is followed instead: each sample is a random window of a random document longer than
+    ``seqlen`` tokens.
     """
     nsamples = check_int_range("nsamples", nsamples, 1, 1_000_000)
     seqlen = check_int_range("seqlen", seqlen, 2, 1_000_000)
     seed = check_int_range("seed", seed, 0, 2**63 - 1)
     name = CALIB_SOURCES.get(source, source)
+    if name == "c4-train":
+        return c4_document_windows(tokenizer, nsamples, seqlen, seed)
     ids = encode(tokenizer, load_text(name))
     return sample_windows(ids, nsamples, seqlen, seed, what=f"calibration text {name!r}")
 
@@ -47,3 +51,23 @@ def sample_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, n - seqlen + 1, (nsamples,), generator=gen)
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def c4_document_windows(tokenizer, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """The peers' C4 calibration: draw a random document until one has more than ``seqlen`` tokens,
+    then a random window of it; repeat ``nsamples`` times (network; untested offline)."""
+    from iobs.data.text import c4_train_documents
+
+    docs = c4_train_documents()
+    gen = torch.Generator().manual_seed(seed)
+    out, tries = [], 0
+    while len(out) < nsamples:
+        tries += 1
+        if tries > 1000 * nsamples:
+            raise ValueError(f"found only {len(out)} C4 documents longer than seqlen={seqlen} tokens")
+        doc = docs[int(torch.randint(0, len(docs), (1,), generator=gen))]
+        ids = encode(tokenizer, doc)
+        if ids.numel() > seqlen:
+            start = int(torch.randint(0, ids.numel() - seqlen, (1,), generator=gen))
+            out.append(ids[start : start + seqlen])
+    return torch.stack(out)

@@ -128,8 +128,8 @@ def _news() -> str:
     return "\n\n".join(line.strip() for line in lines if line.strip()) + "\n"
 
 
-def _hf_dataset(name: str) -> str:
-    """The peers' protocol for WikiText-2 and C4 (network + ``datasets``; untested offline)."""
+def _hf_load(name: str, *args, **kwargs):
+    """``datasets.load_dataset(*args, **kwargs)`` with clear errors (network + ``datasets``)."""
     try:
         from datasets import load_dataset
     except ModuleNotFoundError:
@@ -138,19 +138,27 @@ def _hf_dataset(name: str) -> str:
             "`pip install datasets` and network access are needed"
         ) from None
     try:
-        if name in ("wikitext2", "wikitext2-train"):
-            split = "test" if name == "wikitext2" else "train"
-            ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
-            return "\n\n".join(ds["text"])
-        if name == "c4":
-            files = {"validation": "en/c4-validation.00000-of-00008.json.gz"}
-            ds = load_dataset("allenai/c4", data_files=files, split="validation")
-            return " ".join(ds[:1100]["text"])
-        files = {"train": "en/c4-train.00000-of-01024.json.gz"}
-        ds = load_dataset("allenai/c4", data_files=files, split="train")
-        return "\n\n".join(ds["text"])
+        return load_dataset(*args, **kwargs)
     except (OSError, ConnectionError) as e:
         raise ValueError(f"could not download text {name!r} (needs network access): {e}") from e
+
+
+def _hf_dataset(name: str) -> str:
+    """The peers' protocol for WikiText-2 and C4 (network + ``datasets``; untested offline)."""
+    if name in ("wikitext2", "wikitext2-train"):
+        split = "test" if name == "wikitext2" else "train"
+        return "\n\n".join(_hf_load(name, "wikitext", "wikitext-2-raw-v1", split=split)["text"])
+    if name == "c4":
+        files = {"validation": "en/c4-validation.00000-of-00008.json.gz"}
+        return " ".join(_hf_load(name, "allenai/c4", data_files=files, split="validation")[:1100]["text"])
+    return "\n\n".join(c4_train_documents())
+
+
+@functools.lru_cache(maxsize=1)
+def c4_train_documents() -> list[str]:
+    """Documents of the C4 en train shard 0, the peers' calibration source (network; untested offline)."""
+    files = {"train": "en/c4-train.00000-of-01024.json.gz"}
+    return list(_hf_load("c4-train", "allenai/c4", data_files=files, split="train")["text"])
 
 
 @functools.lru_cache(maxsize=16)
