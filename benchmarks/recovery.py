@@ -411,7 +411,7 @@ def render(data: dict) -> tuple[str, dict]:
             }
         )
     best = None
-    if k50:
+    if k50 and any(meta["iobs_variants"].get(k) and k not in meta["slow"] for k in k50):
         # candidates: I-OBS variants run with the full number of trials (the slow ones have too few)
         variants = [k for k in order if k in k50 and meta["iobs_variants"].get(k) and k not in meta["slow"]]
         # highest k@50 %; among equals the faster one (median time per solve in the phase transition)
