@@ -284,3 +284,23 @@ def test_block_by_block_propagation_is_exact_on_smollm2():
     model, _ = load_model("smollm2-135m")
     ids = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(0))
     _propagation_matches_model(model, ids)
+
+
+def test_capture_restores_instance_forwards(ids):
+    from iobs.prune.sequential import capture_block_inputs
+
+    model = tiny_model("llama")
+    _, blocks = find_blocks(model)
+    calls = []
+    original = blocks[1].forward
+
+    def wrapped(*a, **k):  # what accelerate's hooks install as an instance attribute
+        calls.append(1)
+        return original(*a, **k)
+
+    blocks[1].forward = wrapped
+    capture_block_inputs(model, blocks, ids[:1], torch.device("cpu"))
+    assert blocks[1].forward is wrapped and "forward" not in blocks[0].__dict__
+    with torch.no_grad():
+        model(ids[:1])
+    assert calls == [1]

@@ -346,6 +346,7 @@ def capture_block_inputs(
 
         return forward
 
+    saved = [block.__dict__.get("forward") for block in blocks]  # e.g. accelerate's wrapped forward
     for i, block in enumerate(blocks):
         block.forward = recorder(i)
     try:
@@ -358,8 +359,11 @@ def capture_block_inputs(
                     continue
                 raise RuntimeError("the model's forward pass never reached its last decoder block")
     finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)
+        for block, forward in zip(blocks, saved):
+            if forward is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = forward
     for i, rests in later.items():
         inputs.set_block(i, rests)
     return inputs
