@@ -1,0 +1,69 @@
+"""Smoke runs of ``iobs reproduce table5`` / ``table1`` on tiny settings: files written, records valid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from iobs.reproduce import table1, table5
+
+
+def _args(mod, argv):
+    p = argparse.ArgumentParser()
+    mod.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.mark.slow
+def test_table5_smoke(tmp_path):
+    out = tmp_path / "t5"
+    argv = ["--quick", "--sparsities", "0.7", "--grads", "20", "--iterations", "2", "--block-size", "2000"]
+    argv += ["--cbs-swaps", "5", "--val-size", "200", "--test-limit", "200", "--train-limit", "300"]
+    argv += ["--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert table5.run(_args(table5, argv)) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in records} == {"dense", "magnitude", "woodfisher", "cbs", "iobs"}
+    for r in records:
+        assert set(r) >= {"model", "method", "sparsity", "iteration", "accuracy"}
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert (r["iteration"] is None) == (r["method"] != "iobs")
+    assert sorted(r["iteration"] for r in records if r["method"] == "iobs") == [1, 2]
+    assert sum(bool(r.get("selected")) for r in records) == 1
+    md = (out / "table.md").read_text()
+    assert "| mlpnet | 70% |" in md and ("PASS" in md or "MISS" in md)
+    assert (out / "table5.png").stat().st_size > 5000
+
+
+def test_table5_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="sparsities"):
+        table5.run(_args(table5, ["--sparsities", "0.5,1.0", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="models"):
+        table5.run(_args(table5, ["--models", "resnet", "--out", str(tmp_path)]))
+
+
+@pytest.mark.slow
+def test_table1_smoke(tmp_path):
+    out = tmp_path / "t1"
+    argv = ["--nsamples", "32", "--iterations", "2", "--val-size", "100", "--test-limit", "100"]
+    argv += [
+        "--train-limit",
+        "200",
+        "--epochs",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+    ]
+    assert table1.run(_args(table1, argv)) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["iteration"] for r in records] == [None, 1, 2]
+    assert records[0]["method"] == "dense" and records[0]["sparsity"] == 0.0
+    assert all(r["method"] == "iobs" and r["sparsity"] == 0.5 for r in records[1:])
+    assert sum(r["selected"] for r in records) == 1
+    assert "SparseGPT = I-OBS(1)" in (out / "table.md").read_text()
+    assert (out / "table1.png").stat().st_size > 5000
+    with pytest.raises(ValueError, match="sparsity"):
+        table1.run(_args(table1, ["--sparsity", "1.5", "--out", str(tmp_path)]))
