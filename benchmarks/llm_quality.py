@@ -158,6 +158,16 @@ def report(done, corpora, targets, methods, peer_reason, args, seconds) -> str:
         "- ours: `prune_decoder` (block-sequential; SparseGPT blocksize 128, damping 0.01 mean diag H); "
         "llm-compressor: `oneshot` with its defaults for the same settings; magnitude (whose masks do not "
         "depend on calibration data) walks the model with one calibration sequence to save time",
+        *(
+            [
+                f"- DEVIATION from the issue's protocol (32 x 512 calibration, all windows): "
+                f"{args.nsamples} x "
+                f"{args.seqlen} calibration, {args.max_windows or 'all'} windows per corpus, to finish on a "
+                "shared machine; the comparison with llm-compressor is still paired (same ids, same windows)"
+            ]
+            if args.nsamples != 32 or args.max_windows
+            else []
+        ),
         f"- run time of this benchmark so far: {seconds / 60:.1f} min (a resumed run counts its new part)",
         "",
     ]
