@@ -19,7 +19,7 @@ already 0 or its input is dead (H_jj = 0, zeroed by SparseGPT and OBC at no cost
 
 Speed: SparseGPT runs a short loop of small kernels per input column. On a CPU shared with other jobs,
 OpenMP threads make every such kernel wait for all threads; with 2 threads on 2 busy cores it was
-4-15x slower than with ``torch.set_num_threads(1)`` (benchmarks/results/layer_solver_speed.md).
+3-27x slower than with ``torch.set_num_threads(1)`` (benchmarks/results/layer_solver_speed.md).
 """
 
 from __future__ import annotations
