@@ -47,7 +47,9 @@ def parse_nm(pattern: str | tuple[int, int], name: str = "pattern") -> tuple[int
     if isinstance(pattern, str):
         parts = pattern.split(":")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"{name} must look like 'N:M' with integers 0 < N < M (e.g. '2:4'), got {pattern!r}")
+            raise ValueError(
+                f"{name} must look like 'N:M' with integers 0 < N < M (e.g. '2:4'), got {pattern!r}"
+            )
         n, m = (int(p) for p in parts)
     else:
         n, m = (int(p) for p in pattern)

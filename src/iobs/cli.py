@@ -8,17 +8,25 @@ import sys
 
 # name -> module in iobs.commands; each module defines add_arguments(parser) and run(args) -> int
 COMMANDS = {
-    "reproduce": ("iobs.commands.reproduce", "reproduce the paper's figures and tables, scaled to this machine"),
+    "reproduce": (
+        "iobs.commands.reproduce",
+        "reproduce the paper's figures and tables, scaled to this machine",
+    ),
     "prune": ("iobs.commands.prune", "prune a model (one-shot or I-OBS) and save the sparse checkpoint"),
     "eval": ("iobs.commands.evaluate", "evaluate a dense or pruned model"),
-    "demo": ("iobs.commands.demo", "prune the packaged SmolLM2 model with every method and print the comparison"),
+    "demo": (
+        "iobs.commands.demo",
+        "prune the packaged SmolLM2 model with every method and print the comparison",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     import iobs
 
-    parser = argparse.ArgumentParser(prog="iobs", description="Iterative Optimal Brain Surgeon: sparse recovery and pruning")
+    parser = argparse.ArgumentParser(
+        prog="iobs", description="Iterative Optimal Brain Surgeon: sparse recovery and pruning"
+    )
     parser.add_argument("--version", action="version", version=f"iobs {iobs.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, help_) in COMMANDS.items():

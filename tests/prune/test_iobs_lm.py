@@ -73,3 +73,46 @@ def test_validation_must_not_be_the_calibration_source(lm):
         iobs_prune_lm(model, tok, calib="wiki-val", validation=["wiki-val"], **KW)
     with pytest.raises(ValueError, match="dense_step"):
         iobs_prune_lm(model, tok, dense_step="adamw", **KW)
+
+
+def test_cli_method_iobs_saves_best_iteration(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from iobs.cli import main
+
+    out = tmp_path / "pruned"
+    argv = [
+        "prune",
+        "tiny-llama",
+        "--method",
+        "iobs",
+        "--iterations",
+        "2",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--val-max-windows",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    loop = report["iobs"]
+    assert [h["iteration"] for h in loop["history"]] == [0, 1, 2]
+    assert loop["best_iteration"] in (1, 2)
+    assert json.loads((out / "history.json").read_text())["best_iteration"] == loop["best_iteration"]
+    assert (out / "history.png").stat().st_size > 5000
+    weights = load_file(str(out / "model.safetensors"))
+    for name in report["layers"]:
+        W = weights[name["name"] + ".weight"]
+        assert int((W == 0).sum()) >= W.numel() // 2, name["name"]
+    # validation drawn from the calibration text is refused with a clear message
+    assert (
+        main(argv[:-3] + ["--calib", "wiki-val", "--validation", "wiki-val", "--out", str(tmp_path / "x")])
+        == 2
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from iobs.prune.config import DTYPES, METHODS, SEQUENTIAL, PruneConfig
+from iobs.prune.config import DENSE_STEPS, DTYPES, LAYER_SOLVERS, METHODS, SEQUENTIAL, PruneConfig
 
 
 def _patterns(text: str) -> list[str]:
@@ -58,6 +58,21 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--layers", action="store_true", help="print every layer instead of one row per kind")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    loop = parser.add_argument_group(
+        "I-OBS (--method iobs); defaults = the best setting of the Table 2 search"
+    )
+    loop.add_argument("--iterations", type=int, default=3, help="outer iterations (1 = one-shot)")
+    loop.add_argument("--dense-step", choices=DENSE_STEPS, default="finetune")
+    loop.add_argument(
+        "--lr", type=float, default=5e-5, help="dense-step learning rate (Adam / Newton step size)"
+    )
+    loop.add_argument("--damping", type=float, default=0.01, help="newton: λ as a fraction of mean(diag H)")
+    loop.add_argument("--epochs", type=int, default=1, help="finetune: passes over the calibration batch")
+    loop.add_argument("--layer-solver", choices=LAYER_SOLVERS, default="sparsegpt")
+    loop.add_argument(
+        "--validation", type=_patterns, default=["wiki-val"], help="corpora to select the best on"
+    )
+    loop.add_argument("--val-max-windows", type=int, default=16, help="windows per validation corpus")
     parser.add_argument(
         "--threads",
         type=int,
@@ -92,6 +107,14 @@ def config_from_args(args) -> PruneConfig:
         eval_seqlen=args.eval_seqlen,
         eval_max_windows=args.eval_max_windows,
         eval_dense=args.eval_dense,
+        iterations=args.iterations,
+        dense_step=args.dense_step,
+        lr=args.lr,
+        damping=args.damping,
+        epochs=args.epochs,
+        layer_solver=args.layer_solver,
+        validation=args.validation,
+        val_max_windows=args.val_max_windows,
     )
 
 
@@ -136,6 +159,16 @@ def format_report(report: dict, per_layer: bool = False) -> str:
             f"perplexity {data}: {r['ppl']:.3f} "
             f"({r['tokens']} tokens, {r['windows']} windows of {r['seqlen']})"
         )
+    if report.get("iobs"):
+        it = report["iobs"]
+        for h in it["history"]:
+            ppl = ", ".join(f"{k} {v:.3f}" for k, v in h["metrics"].items())
+            star = " ★" if h["iteration"] == it["best_iteration"] else ""
+            lines.append(
+                f"I-OBS iteration {h['iteration']}{' (dense)' if h['iteration'] == 0 else ''}: {ppl}{star}"
+            )
+        if it.get("stopped"):
+            lines.append(f"stopped early: {it['stopped']}")
     t = report["timings"]
     times = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items())
     mem = report.get("memory", {})

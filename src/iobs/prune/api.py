@@ -13,7 +13,7 @@ from iobs.prune.checkpoint import check_output_dir, peak_memory, save_checkpoint
 from iobs.prune.config import PruneConfig
 from iobs.prune.report import summarize
 from iobs.prune.sequential import prune_decoder
-from iobs.utils import environment, resolve_device
+from iobs.utils import atomic_write_json, environment, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,40 @@ def evaluate(model, tokenizer, config: PruneConfig, device, progress: bool = Fal
     return out
 
 
+def _iobs(model, tokenizer, config: PruneConfig, device, progress: bool, state_dir):
+    """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
+    from iobs.prune.iobs_lm import iobs_prune_lm
+
+    records: dict[int, list[dict]] = {}
+    res = iobs_prune_lm(
+        model,
+        tokenizer,
+        method=config.layer_solver,
+        sparsity=config.sparsity,
+        pattern=config.pattern,
+        iterations=config.iterations,
+        dense_step=config.dense_step,
+        lr=config.lr,
+        damping=config.damping,
+        epochs=config.epochs,
+        calib=config.calib,
+        nsamples=config.nsamples,
+        seqlen=config.seqlen,
+        seed=config.seed,
+        validation=config.validation,
+        val_max_windows=config.val_max_windows,
+        include=config.include,
+        exclude=config.exclude,
+        device=device,
+        progress=progress,
+        state_dir=state_dir,
+        state_key=f"{config.key()}:{config.model}",
+        on_records=records.__setitem__,
+        **config.layer_kwargs(),
+    )
+    return records.get(res.best) or records[max(records)], res
+
+
 def prune(config: PruneConfig, progress: bool = True, callback=None) -> dict:
     """Run the whole pipeline for ``config``; returns the report (also written to ``out/report.json``)."""
     return prune_model(config, progress, callback)[2]
@@ -125,22 +159,26 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
             resumed = int(json.loads(manifest.read_text()).get("blocks_done", 0))
 
     t0 = time.perf_counter()
-    records = prune_decoder(
-        model,
-        ids,
-        config.method,
-        config.sparsity,
-        config.pattern,
-        include=config.include,
-        exclude=config.exclude,
-        sequential=config.sequential,
-        progress=progress,
-        device=dev,
-        state_dir=state_dir,
-        state_key=f"{config.key()}:{config.model}",
-        callback=callback,
-        **config.layer_kwargs(),
-    )
+    loop = None
+    if config.method == "iobs":
+        records, loop = _iobs(model, tokenizer, config, dev, progress, state_dir)
+    else:
+        records = prune_decoder(
+            model,
+            ids,
+            config.method,
+            config.sparsity,
+            config.pattern,
+            include=config.include,
+            exclude=config.exclude,
+            sequential=config.sequential,
+            progress=progress,
+            device=dev,
+            state_dir=state_dir,
+            state_key=f"{config.key()}:{config.model}",
+            callback=callback,
+            **config.layer_kwargs(),
+        )
     timings["prune_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -172,11 +210,18 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         "layers": records,
         "timings": timings,
     }
+    if loop is not None:
+        report["iobs"] = loop.to_dict()
     if out is not None:
         t0 = time.perf_counter()
         report["timings"]["total_s"] = time.perf_counter() - t_start  # before saving; save_s added below
         report["memory"] = peak_memory()
         save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
+        if loop is not None:
+            from iobs.prune.outer_loop import plot_history
+
+            atomic_write_json(Path(out) / "history.json", loop.to_dict())
+            plot_history(loop, Path(out) / "history.png", title=f"I-OBS on {config.model} ({config.target})")
         timings["save_s"] = time.perf_counter() - t0
         if state_dir is not None:
             import shutil

@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from iobs._validate import check_int_range, check_sparsity, parse_nm
 
-METHODS = ("sparsegpt", "obc", "wanda", "magnitude")
+METHODS = ("sparsegpt", "obc", "wanda", "magnitude", "iobs")
+LAYER_SOLVERS = ("sparsegpt", "obc", "wanda", "magnitude")
+DENSE_STEPS = ("finetune", "newton", "none")
 SEQUENTIAL = ("block", "true")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
@@ -59,6 +62,15 @@ class PruneConfig:
     eval_seqlen: int | None = None
     eval_max_windows: int | None = None
     eval_dense: bool = False
+    # method="iobs" (the I-OBS outer loop); defaults = the setting that won the Table 2 search
+    iterations: int = 3
+    dense_step: str = "finetune"
+    lr: float = 5e-5
+    damping: float = 0.01
+    epochs: int = 1
+    layer_solver: str = "sparsegpt"
+    validation: list[str] = field(default_factory=lambda: ["wiki-val"])
+    val_max_windows: int | None = 16
 
     def __post_init__(self):
         self.validate()
@@ -104,6 +116,27 @@ class PruneConfig:
                 raise ValueError(f"{name} must be a list of non-empty name patterns, got {v!r}")
         if isinstance(self.eval, str):
             self.eval = [e for e in self.eval.split(",") if e]
+        if self.method == "iobs":
+            check_int_range("iterations", self.iterations, 1, 10**4)
+            check_int_range("epochs", self.epochs, 1, 10**4)
+            if self.dense_step not in DENSE_STEPS:
+                raise ValueError(
+                    f"dense_step must be one of {', '.join(DENSE_STEPS)}, got {self.dense_step!r}"
+                )
+            if self.layer_solver not in LAYER_SOLVERS:
+                raise ValueError(
+                    f"layer_solver must be one of {', '.join(LAYER_SOLVERS)}, got {self.layer_solver!r}"
+                )
+            for name in ("lr", "damping"):
+                v = getattr(self, name)
+                if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+            if isinstance(self.validation, str):
+                self.validation = [v for v in self.validation.split(",") if v]
+            if not self.validation:
+                raise ValueError("validation must name at least one corpus (e.g. wiki-val)")
+            if self.val_max_windows is not None:
+                check_int_range("val_max_windows", self.val_max_windows, 1, 10**9)
         if self.eval_seqlen is not None:
             check_int_range("eval_seqlen", self.eval_seqlen, 1, 10**7)
         if self.eval_max_windows is not None:

@@ -75,6 +75,7 @@ def iobs_prune_lm(
     state_key: str = "",
     on_iteration: Callable[[dict], None] | None = None,
     evaluate_dense: bool = True,
+    on_records: Callable[[int, list[dict]], None] | None = None,
     **layer_kwargs,
 ) -> LoopResult:
     """Prune ``model`` in place with I-OBS (T iterations of dense step + layer-wise projection).
@@ -96,11 +97,14 @@ def iobs_prune_lm(
         else:
             val_ids[v] = v
 
+    iteration = [0]
+
     def calibration(t: int) -> torch.Tensor:
+        iteration[0] = t
         return draw(nsamples, seqlen, seed + t - 1)
 
     def project(m: nn.Module, ids: torch.Tensor) -> list[dict]:
-        return prune_decoder(
+        records = prune_decoder(
             m,
             ids,
             method,
@@ -112,6 +116,9 @@ def iobs_prune_lm(
             device=device,
             **layer_kwargs,
         )
+        if on_records is not None:
+            on_records(iteration[0], records)
+        return records
 
     def step(m: nn.Module, ids: torch.Tensor, t: int) -> dict:
         home = next(m.parameters()).device
