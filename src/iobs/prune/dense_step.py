@@ -21,6 +21,7 @@ from torch import nn
 
 from iobs.prune.hessian import accumulate_hessians
 from iobs.prune.layers import find_layers, get_weight, set_weight
+from iobs.prune.sequential import _to
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 DENSE_STEPS = ("newton", "finetune", "none")
@@ -39,16 +40,6 @@ def classification_loss(model: nn.Module, batch) -> torch.Tensor:
     x, y = batch
     out = model(x)
     return F.cross_entropy(getattr(out, "logits", out), y)
-
-
-def _to(batch, device):
-    if torch.is_tensor(batch):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch
 
 
 def _check_lr(lr) -> float:

@@ -4,7 +4,7 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny models: one thread avoids OpenMP oversubscription stalls on a shared 2-core machine."""
+    """Every test runs on one torch thread: tiny problems on a busy 2-core machine stall with two."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
