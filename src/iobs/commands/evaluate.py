@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -40,6 +41,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument(
+        "--tasks",
+        type=_csv,
+        default=[],
+        help="comma-separated: local multiple-choice .jsonl files, or lm-eval task names (mmlu ...; online)",
+    )
+    parser.add_argument("--num-fewshot", type=int, default=None, help="lm-eval few-shot count (MMLU: 5)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -75,12 +83,14 @@ def evaluate(
     device="auto",
     dtype="float32",
     progress=True,
+    tasks=(),
+    num_fewshot=None,
 ) -> dict:
-    """Load ``model_name`` and compute perplexity on each corpus of ``data``; returns a JSON-able dict."""
+    """Load ``model_name``; perplexity on each corpus of ``data``, accuracy on ``tasks`` (JSON-able)."""
     from iobs.eval.perplexity import perplexity
     from iobs.utils import environment, resolve_device
 
-    if not data:
+    if not data and not tasks:
         raise ValueError("data must name at least one corpus or text file, got an empty list")
     dev = resolve_device(device)
     t0 = time.perf_counter()
@@ -94,8 +104,14 @@ def evaluate(
         )
         r["seconds"] = time.perf_counter() - t0
         results.append(r)
+    task_results = {}
+    if tasks:
+        from iobs.eval.tasks import evaluate_tasks
+
+        task_results = evaluate_tasks(model, tok, list(tasks), num_fewshot, dev)
     return {
         "model": model_name,
+        "tasks": task_results,
         "linear_sparsity": linear_sparsity(model),
         "dtype": dtype,
         "device": str(dev),
@@ -125,7 +141,16 @@ def format_results(out: dict) -> str:
         f"zeros in linear weights {out['linear_sparsity']:.2%})\n\n"
     )
     foot = "\nnon-overlapping windows; every token after the first of each window is scored\n"
-    return head + markdown_table(rows, floatfmt=".4f") + foot
+    text = head + markdown_table(rows, floatfmt=".4f") + foot if rows else ""
+    local = [r for r in out.get("tasks", {}).values() if "acc_norm" in r and "items" in r]
+    if local:
+        text += "\n## multiple-choice accuracy\n\n" + markdown_table(
+            local, ["task", "items", "acc", "acc_norm", "stderr"]
+        )
+    others = {k: v for k, v in out.get("tasks", {}).items() if v not in local}
+    if others:
+        text += "\n## lm-evaluation-harness\n\n" + json.dumps(others, indent=1, default=str) + "\n"
+    return text
 
 
 def run(args) -> int:
@@ -133,7 +158,15 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = evaluate(
-        args.model, args.data, args.seqlen, args.max_windows, args.device, args.dtype, not args.quiet
+        args.model,
+        args.data,
+        args.seqlen,
+        args.max_windows,
+        args.device,
+        args.dtype,
+        not args.quiet,
+        args.tasks,
+        args.num_fewshot,
     )
     print(format_results(out))
     if args.json:
