@@ -133,3 +133,16 @@ def test_half_precision_weights_come_back_in_their_dtype():
     res = prune_layer(W.to(torch.bfloat16), H, "sparsegpt", sparsity=0.5)
     assert res.W.dtype == torch.bfloat16 and res.W.shape == W.shape
     assert (res.W[~res.mask] == 0).all()
+
+
+def test_input_is_never_modified_even_as_a_transposed_view():
+    """GPT-2's Conv1D stores Wᵀ; get_weight hands out W as a transposed view (already contiguous as Wᵀ)."""
+    from iobs.obs.layer import prune_layer
+
+    g = torch.Generator().manual_seed(0)
+    stored = torch.randn(16, 8, generator=g)  # (d_in, d_out) as Conv1D keeps it
+    W = stored.t()  # (d_out, d_in) view
+    X = torch.randn(16, 64, generator=g)
+    before = stored.clone()
+    prune_layer(W, X @ X.T, "sparsegpt", sparsity=0.5)
+    assert torch.equal(stored, before)

@@ -58,7 +58,7 @@ def sparsegpt(
     rows, cols = W.shape
     U, lam = inverse_cholesky(H, percdamp, name=name)
     # Work on Wᵀ (cols, rows): every column of W is a contiguous row, every update a contiguous slab.
-    Wt = W.t().contiguous()
+    Wt = W.t().clone(memory_format=torch.contiguous_format)  # a copy even when W is a transposed view
     Wt[torch.diagonal(H) == 0] = 0  # dead inputs (see iobs.obs.damping)
     keep_t = torch.ones_like(Wt, dtype=torch.bool)
     B, inner = int(blocksize), INNER
