@@ -29,11 +29,11 @@ def _patterns(s: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, default=0.5, help="uniform sparsity of every pruned layer")
-    p.add_argument("--iterations", type=int, default=5, help="I-OBS iterations (1 = SparseGPT)")
-    p.add_argument("--nsamples", type=int, default=512, help="calibration images per iteration")
+    p.add_argument("--iterations", type=int, default=10, help="I-OBS iterations (1 = SparseGPT)")
+    p.add_argument("--nsamples", type=int, default=1000, help="calibration images per iteration")
     p.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
     p.add_argument("--dense-step", default="newton", choices=("newton", "finetune", "none"))
-    p.add_argument("--lr", type=float, default=0.05, help="dense-step learning rate")
+    p.add_argument("--lr", type=float, default=0.03, help="dense-step learning rate")
     p.add_argument("--damping", type=float, default=0.01, help="Newton dense-step damping")
     p.add_argument("--ft-epochs", type=int, default=1, help="fine-tuning dense step: passes over the batch")
     p.add_argument("--include", type=_patterns, default=None, help="layers to prune: globs or re:REGEX")
@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--quick", action="store_true", help="3 iterations, 256 calibration images, 2000 val / test images"
+        "--quick", action="store_true", help="5 iterations, 512 calibration images, 2000 val / test images"
     )
     p.add_argument("--out", default="runs/table1", help="output folder")
 
@@ -159,8 +159,8 @@ def run(args) -> int:
 
     sparsity = check_sparsity(args.sparsity, "--sparsity")
     if args.quick:
-        args.iterations = min(args.iterations, 3)
-        args.nsamples = min(args.nsamples, 256)
+        args.iterations = min(args.iterations, 5)
+        args.nsamples = min(args.nsamples, 512)
         args.test_limit = args.test_limit or 2000
         args.val_size = min(args.val_size, 2000)
     for k in ("iterations", "nsamples", "batch_size", "val_size", "ft_epochs"):

@@ -46,7 +46,7 @@ class Recipe:
 
 RECIPES = {
     "mlpnet": Recipe("mlpnet", "mnist", epochs=12, lr=2e-3),
-    "vit": Recipe("vit", "fashion-mnist", epochs=4, lr=2e-3, weight_decay=0.05, train_limit=20000),
+    "vit": Recipe("vit", "fashion-mnist", epochs=10, lr=2e-3, weight_decay=0.05),
     "mobilenet": Recipe("mobilenet", "fashion-mnist", epochs=3, lr=3e-3),
 }
 

@@ -1,0 +1,44 @@
+"""table1 argument checks on the reference path that fail before any training or data loading."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from iobs.reproduce import table1
+
+
+def _args(argv):
+    p = argparse.ArgumentParser()
+    table1.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--sparsity", "-0.1"], "--sparsity must be in"),
+        (["--sparsity", "nan"], "--sparsity must be in"),
+        (["--val-size", "6000"], r"--val-size must be in \[1, 5000\]"),
+        (["--iterations", "0"], "--iterations must be >= 1"),
+        (["--ft-epochs", "0"], "--ft-epochs must be >= 1"),
+        (["--images", "/nonexistent"], "--images needs --model"),
+    ],
+)
+def test_reference_bad_input(tmp_path, argv, match):
+    with pytest.raises(ValueError, match=match):
+        table1.run(_args([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")]))
+    assert not (tmp_path / "c").exists()  # rejected before the reference is trained or loaded
+
+
+def test_defaults_are_the_measured_table1_settings():
+    a = _args([])
+    assert (a.sparsity, a.iterations, a.nsamples, a.dense_step, a.lr, a.damping) == (
+        0.5,
+        10,
+        1000,
+        "newton",
+        0.03,
+        0.01,
+    )
