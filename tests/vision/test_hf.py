@@ -153,3 +153,31 @@ def test_bad_hf_input(tiny_vit, images, tmp_path):
     many = _write_images(tmp_path / "many", ["a", "b", "c", "d"], per_class=2)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         table1.run(_args(["--model", str(tiny_vit), "--images", str(many), *base]))
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit", "deit-teacher"])
+def test_prunable_layers_are_the_block_linears(kind):
+    from transformers import (
+        DeiTConfig,
+        DeiTForImageClassification,
+        DeiTForImageClassificationWithTeacher,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    from iobs.prune.layers import find_layers
+    from iobs.vision.hf import PRUNABLE
+
+    kw = dict(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    kw.update(intermediate_size=32, num_labels=3)
+    cls, cfg = {
+        "vit": (ViTForImageClassification, ViTConfig),
+        "deit": (DeiTForImageClassification, DeiTConfig),
+        "deit-teacher": (DeiTForImageClassificationWithTeacher, DeiTConfig),
+    }[kind]
+    model = cls(cfg(**kw))
+    names = list(find_layers(model, PRUNABLE))
+    every = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(names) == 12 and set(names) < set(every)
+    assert {n.rsplit(".", 1)[1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
+    assert all("classifier" not in n for n in names)  # heads (and the distillation head) stay dense
