@@ -54,9 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=0.4, help="--images: share per class for test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--quick", action="store_true", help="5 iterations, 512 calibration images, 2000 val / test images"
-    )
+    p.add_argument("--quick", action="store_true", help="at most 5 iterations (about half the time)")
     p.add_argument("--out", default="runs/table1", help="output folder")
 
 
@@ -159,10 +157,8 @@ def run(args) -> int:
 
     sparsity = check_sparsity(args.sparsity, "--sparsity")
     if args.quick:
+        # fewer iterations only: 2000-image val / test sets cannot resolve the 0.1-0.4 point gains measured
         args.iterations = min(args.iterations, 5)
-        args.nsamples = min(args.nsamples, 512)
-        args.test_limit = args.test_limit or 2000
-        args.val_size = min(args.val_size, 2000)
     for k in ("iterations", "nsamples", "batch_size", "val_size", "ft_epochs"):
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
