@@ -181,3 +181,23 @@ def test_prunable_layers_are_the_block_linears(kind):
     assert len(names) == 12 and set(names) < set(every)
     assert {n.rsplit(".", 1)[1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
     assert all("classifier" not in n for n in names)  # heads (and the distillation head) stay dense
+
+
+def test_hf_caps_take_a_random_subset_across_classes(tiny_vit, images, tmp_path):
+    from iobs.reproduce.table1 import _sample
+
+    f = read_image_folder(images, LABEL2ID, 3)  # ordered by class: the first 8 files are one class
+    s = _sample(f, 8, seed=0)
+    assert len(s) == 8 and len(set(s.labels.tolist())) > 1
+    assert s.files == sorted(s.files, key=f.files.index)  # original order kept
+    assert _sample(f, 8, seed=0).files == s.files and _sample(f, 100, 0) is f
+    out = tmp_path / "o"
+    argv = ["--model", str(tiny_vit), "--images", str(images), "--iterations", "1", "--nsamples", "4"]
+    argv += ["--val-size", "3", "--test-limit", "4", "--device", "cpu", "--out", str(out)]
+    assert table1.run(_args(argv)) == 0
+    # default fractions 0.2 / 0.4 of 8 per class: 2 val, 3 test, 3 calibration; then the caps
+    assert json.loads((out / "report.json").read_text())["reference"]["split"] == {
+        "calibration": 9,
+        "validation": 3,
+        "test": 4,
+    }

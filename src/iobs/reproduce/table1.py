@@ -39,9 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include", type=_patterns, default=None, help="layers to prune: globs or re:REGEX")
     p.add_argument("--exclude", type=_patterns, default=None, help="layers to keep dense: globs or re:REGEX")
     p.add_argument(
-        "--val-size", type=int, default=5000, help="held-out training images used for selection (reference)"
+        "--val-size",
+        type=int,
+        default=5000,
+        help="validation images used for selection (reference: the last N held out; --images: at most N)",
     )
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="evaluate on N test images only (reference: the first N; --images: a seeded random N)",
+    )
     p.add_argument("--train-limit", type=int, default=None, help="train the reference ViT on N images")
     p.add_argument("--epochs", type=int, default=None, help="override the reference training epochs")
     p.add_argument("--dataset", default=None, help="fashion-mnist (default) or mnist")
@@ -100,6 +108,14 @@ def _reference_source(args, dev) -> dict:
     }
 
 
+def _sample(part, n: int, seed: int):
+    """At most ``n`` items of ``part``: a seeded random choice, kept in the original order."""
+    if n >= len(part):
+        return part
+    idx = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:n]
+    return part.subset(sorted(idx.tolist()))
+
+
 def _hf_source(args, dev) -> dict:
     """A Hugging Face classifier (``--model``) and an image folder (``--images``) split per class."""
     from iobs.vision.data import check_labels
@@ -111,8 +127,10 @@ def _hf_source(args, dev) -> dict:
     cfg = model.config
     folder = read_image_folder(args.images, getattr(cfg, "label2id", None), cfg.num_labels)
     calib, val, test = split_image_folder(folder, args.val_fraction, args.test_fraction, args.seed)
+    # the per-class split is ordered by class: caps take a seeded random subset, not the first classes
+    val = _sample(val, args.val_size, args.seed)
     if args.test_limit:
-        test = test.subset(range(min(args.test_limit, len(test))))
+        test = _sample(test, args.test_limit, args.seed + 1)
     if args.nsamples > len(calib):
         raise ValueError(
             f"--nsamples {args.nsamples} exceeds the {len(calib)} calibration images of --images "
