@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -66,3 +67,44 @@ def test_iobs_beats_woodfisher_with_the_same_gradient_budget():
     assert int((theta == 0).sum()) >= int(SPARSITY * theta.numel())
     for h in res.history[1:]:
         assert h["sparsity"] == 1 - (theta.numel() - int(SPARSITY * theta.numel())) / theta.numel()
+
+
+def test_line_search_on_held_out_samples_never_raises_their_loss():
+    """η = 0 is a candidate and P(θ_t) = θ_t, so the held-out loss of the chosen point cannot rise."""
+    model, X, y = _problem()
+    held = (X[400:], y[400:])
+    res = iobs_global(
+        model,
+        sparsity=0.8,
+        iterations=4,
+        calibration=lambda t: (X[(t - 1) * 80 : t * 80], y[(t - 1) * 80 : t * 80]),
+        evaluate=lambda mod: {"held_loss": _loss(mod, *held)},
+        select="held_loss",
+        mode="min",
+        block_size=64,
+        damping=1e-3,
+        absolute_damping=True,
+        line_search=held,
+    )
+    losses = [h["metrics"]["held_loss"] for h in res.history if h["iteration"] >= 1]
+    for t, (a, b) in enumerate(zip(losses, losses[1:]), start=2):
+        assert b <= a + 1e-9, f"held-out loss rose at iteration {t}: {a} -> {b}"
+        chosen = res.history[t]["dense_step"]
+        assert abs(min(chosen["line_search"].values()) - b) < 1e-9
+    assert losses[-1] < losses[0]  # and the iterations did lower it
+
+
+def test_line_search_data_must_hold_samples():
+    model, X, y = _problem()
+    with pytest.raises(ValueError, match="line_search"):
+        iobs_global(
+            model,
+            sparsity=0.5,
+            iterations=2,
+            calibration=lambda t: (X[:50], y[:50]),
+            evaluate=lambda mod: {"loss": _loss(mod, X, y)},
+            select="loss",
+            mode="min",
+            block_size=64,
+            line_search=(X[:0], y[:0]),
+        )

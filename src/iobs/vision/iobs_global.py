@@ -1,13 +1,15 @@
 """I-OBS for global pruning with the same block empirical Fisher as WoodFisher / CBS (paper.md §2).
 
-Iteration t = 1..T on a fresh batch of ``n`` samples (so T iterations use T·n per-sample gradients):
+Iteration t = 1..T on batch t of ``n`` samples (so T iterations cost T·n per-sample gradients):
   1. at the current (sparse) weights θ_t, per-sample gradients → Fisher blocks F_t and mean gradient g_t;
   2. Newton point θ⁺ = θ_t − η F_t⁻¹ g_t (skipped at t = 1: iteration 1 is one-shot WoodFisher), with η the
-     value in ``lr · LINE_SEARCH`` (0 included) of lowest loss on the same batch: a backtracking line search
-     that costs forward passes only (no extra gradients) and guards against the natural-gradient step on an
-     empirical Fisher overshooting near the optimum;
+     value in ``lr · LINE_SEARCH`` (0 included) whose *projected* point P(θ⁺) has the lowest loss on the
+     ``line_search`` samples — forward passes only, no extra gradients. Held-out samples matter: the
+     natural-gradient step on n samples can fit them exactly, so a line search on the same batch picks
+     steps that overfit (measured on MLPNet: calibration loss 0.09 → 0.02 while validation accuracy fell);
   3. support: keep the d − floor(s·d) largest OBS saliencies θ⁺_i² / [F_t⁻¹]_ii (global budget);
-  4. θ_{t+1} = the exact OBS update of θ⁺ on that support under F_t (block by block).
+  4. θ_{t+1} = P(θ⁺), the exact OBS update of θ⁺ on that support under F_t (block by block).
+η = 0 gives P(θ_t) = θ_t, so the line-search loss never rises from one iteration to the next.
 The loop is :func:`iobs.prune.outer_loop.run_iobs` (dense step = 1–2, projection = 3–4), which evaluates each
 iteration and restores the best one by ``select``.
 """
@@ -22,11 +24,27 @@ from torch import nn
 
 from iobs._validate import check_sparsity
 from iobs.prune.outer_loop import LoopResult, run_iobs
-from iobs.vision.fisher import empirical_fisher, get_flat, prunable_weights, set_flat
+from iobs.vision.fisher import FisherBlocks, empirical_fisher, get_flat, prunable_weights, set_flat
 from iobs.vision.global_prune import keep_mask, newton_point, obs_saliency, obs_update
 
 #: step sizes tried by the line search, as multiples of ``lr``
 LINE_SEARCH = (1.0, 0.3, 0.1, 0.03, 0.01, 0.0)
+
+
+def obs_projection(theta_plus: torch.Tensor, fisher: FisherBlocks, sparsity: float):
+    """(mask, P(θ⁺)): keep the largest OBS saliencies under the global budget, exact OBS update."""
+    mask = keep_mask(obs_saliency(theta_plus, fisher), sparsity)
+    return mask, obs_update(theta_plus, fisher, mask)
+
+
+def _loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, X.shape[0], batch_size):
+            out = model(X[i : i + batch_size])
+            out = getattr(out, "logits", out)
+            total += float(nn.functional.cross_entropy(out, y[i : i + batch_size], reduction="sum"))
+    return total / X.shape[0]
 
 
 def iobs_global(
@@ -40,38 +58,45 @@ def iobs_global(
     mode: str = "max",
     block_size: int = 1000,
     damping: float = 1e-3,
+    absolute_damping: bool = False,
     lr: float = 1.0,
+    line_search: tuple[torch.Tensor, torch.Tensor] | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     evaluate_dense: bool = True,
     on_iteration: Callable[[dict], None] | None = None,
 ) -> LoopResult:
-    """Run I-OBS on ``model`` in place (best iteration restored); ``calibration(t)`` returns (X, y)."""
+    """Run I-OBS on ``model`` in place (best iteration restored); ``calibration(t)`` returns (X, y).
+
+    ``line_search`` = (X, y) held-out samples that choose the step size (default: the batch itself).
+    """
     sparsity = check_sparsity(sparsity)
+    if line_search is not None and (len(line_search) != 2 or line_search[0].shape[0] < 1):
+        raise ValueError("line_search must be an (X, y) pair with at least one sample")
     params = prunable_weights(model, include, exclude)
     d = sum(p.numel() for p in params.values())
     state: dict = {}
 
     def fisher_here(batch):
         X, y = batch
-        return empirical_fisher(model, params, X, y, block_size, damping)
+        return empirical_fisher(model, params, X, y, block_size, damping, absolute_damping)
 
     def dense_step(m, batch, t):
         t0 = time.perf_counter()
         fisher = fisher_here(batch)
         theta = get_flat(params).to(fisher.A.dtype)
         direction = newton_point(theta, fisher, 1.0) - theta
-        X, y = batch
-        tried = {}
+        X, y = line_search if line_search is not None else batch
+        tried, cands = {}, {}
         for f in LINE_SEARCH:
-            set_flat(params, theta + f * lr * direction)
-            with torch.no_grad():
-                out = m(X)
-                tried[f * lr] = float(nn.functional.cross_entropy(getattr(out, "logits", out), y))
+            eta = f * lr
+            mask, theta_new = obs_projection(theta + eta * direction, fisher, sparsity)
+            set_flat(params, theta_new)
+            tried[eta], cands[eta] = _loss(m, X, y), (mask, theta_new)
         eta = min(tried, key=tried.get)
         theta_plus = theta + eta * direction
         set_flat(params, theta_plus)
-        state.update(batch=batch, fisher=fisher)
+        state.update(batch=batch, fisher=fisher, projected=cands[eta])
         return {
             "step": "fisher-newton",
             "lr": eta,
@@ -81,11 +106,11 @@ def iobs_global(
         }
 
     def project(m, batch):
-        fisher = state["fisher"] if state.get("batch") is batch else fisher_here(batch)
-        state.clear()
+        reuse = state.get("batch") is batch
+        fisher = state["fisher"] if reuse else fisher_here(batch)
         theta_plus = get_flat(params).to(fisher.A.dtype)
-        mask = keep_mask(obs_saliency(theta_plus, fisher), sparsity)
-        theta = obs_update(theta_plus, fisher, mask)
+        mask, theta = state["projected"] if reuse else obs_projection(theta_plus, fisher, sparsity)
+        state.clear()
         set_flat(params, theta)
         err = fisher.quadratic(theta, theta_plus, use_grad=False) * 2.0
         return [{"name": "global", "numel": d, "kept": int(mask.sum()), "error": err}]
