@@ -24,7 +24,10 @@ def test_table5_smoke(tmp_path):
     argv += ["--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     assert table5.run(_args(table5, argv)) == 0
     records = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in records} == {"dense", "magnitude", "woodfisher", "cbs", "iobs"}
+    assert {r["method"] for r in records} == {"dense", "magnitude", "woodfisher", "cbs", "cbs@n", "iobs"}
+    assert all(
+        r["gradients"] == (10 if r["method"] == "cbs@n" else 20) for r in records if "cbs" in r["method"]
+    )
     for r in records:
         assert set(r) >= {"model", "method", "sparsity", "iteration", "accuracy"}
         assert 0.0 <= r["accuracy"] <= 1.0
