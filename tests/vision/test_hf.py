@@ -38,12 +38,15 @@ def _write_images(root, classes, per_class=8, size=(20, 20)):
 
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory):
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    from iobs.vision.models import vit_config
 
     torch.manual_seed(0)
-    cfg = ViTConfig(
+    cfg = vit_config(
         image_size=16,
         patch_size=8,
+        num_channels=3,
         hidden_size=16,
         num_hidden_layers=2,
         num_attention_heads=2,
