@@ -70,3 +70,13 @@ def test_table1_smoke(tmp_path):
     assert (out / "table1.png").stat().st_size > 5000
     with pytest.raises(ValueError, match="sparsity"):
         table1.run(_args(table1, ["--sparsity", "1.5", "--out", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("N,T,share", [(2400, 4, 0.5), (2400, 4, 0.25), (20, 2, 0.5), (7, 3, 0.9), (100, 1, 0.5)])
+def test_table5_budget_split_spends_at_most_the_budget(N, T, share):
+    n1, m = table5.budget_split(N, T, share)
+    assert n1 >= 1 and (T == 1 or m >= 1)
+    assert n1 + (T - 1) * m <= N
+    assert N - (n1 + (T - 1) * m) < max(T - 1, 1)  # at most a rounding remainder left unspent
+    if T == 1:
+        assert n1 == N

@@ -4,10 +4,11 @@ The paper compares I-OBS with the Combinatorial Brain Surgeon on MobileNetV1 (Im
 skipped); CBS itself reports MLPNet (784-40-20-10) on MNIST. Here: MLPNet on MNIST (and optionally the small
 MobileNetV1-style CNN on Fashion-MNIST, depthwise convolutions skipped), trained by the project (cached).
 All Fisher methods share one budget of N per-sample gradients from the same N training samples: WoodFisher and
-CBS build one Fisher from all N; I-OBS runs T iterations on N/T fresh samples each (iteration 1 = one-shot
-WoodFisher on its N/T samples), choosing each step size by the loss of the projected point on a separate set
-of held-out training samples (forward passes only, no gradients), and the iteration with the best validation
-accuracy is reported (the star). ``cbs@n`` is CBS on the N/T samples of I-OBS's first iteration (same start).
+CBS build one Fisher from all N; I-OBS runs T iterations on fresh samples, n₁ = first_share·N in iteration 1
+(one-shot WoodFisher on them) and (N − n₁)/(T − 1) in each later one, choosing each step size by the loss
+of the projected point on a separate set of held-out training samples (forward passes only, no gradients),
+and the iteration with the best validation accuracy is reported (the star).
+``cbs@n`` is CBS on the n₁ samples of I-OBS's first iteration (same start).
 Target: I-OBS ≥ CBS (full budget N) at every sparsity ≥ 60 %.
 """
 
@@ -42,7 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="mlpnet", help="comma list of mlpnet, mobilenet (default: mlpnet)")
     p.add_argument("--sparsities", default=None, help="comma list in [0, 1) (default: per model, see --help)")
     p.add_argument("--grads", type=int, default=2400, help="per-sample gradients per method (budget N)")
-    p.add_argument("--iterations", type=int, default=4, help="I-OBS iterations T (N/T gradients each)")
+    p.add_argument("--iterations", type=int, default=4, help="I-OBS iterations T (see --first-share)")
+    p.add_argument(
+        "--first-share",
+        type=float,
+        default=0.5,
+        help="share of the gradient budget for I-OBS iteration 1 (the rest split over iterations 2..T)",
+    )
     p.add_argument("--block-size", type=int, default=500, help="Fisher block size (weights per block)")
     p.add_argument(
         "--damping",
@@ -98,6 +105,8 @@ def _config(args) -> dict:
     for k in ("grads", "iterations", "block_size", "val_size", "line_search_size"):
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if not 0 < args.first_share < 1 and args.iterations > 1:
+        raise ValueError(f"--first-share must be in (0, 1), got {args.first_share}")
     if args.grads < args.iterations:
         raise ValueError(f"--grads ({args.grads}) must be at least --iterations ({args.iterations})")
     cfg = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("target", "command")}
@@ -112,6 +121,16 @@ def _config(args) -> dict:
 
 
 _DEFAULTS = {"grads": 2400, "block_size": 500, "val_size": 5000, "test_limit": None, "line_search_size": 2000}
+
+
+def budget_split(N: int, T: int, first_share: float) -> tuple[int, int]:
+    """(n₁, m): iteration 1 gets n₁ = round(first_share·N) gradients, iterations 2..T get m each, with
+    n₁ + (T − 1)·m ≤ N (T = 1: n₁ = N). The first projection is the one-shot OBS solve, which needs an
+    accurate Fisher; later iterations need a Newton direction, which tolerates a smaller batch."""
+    if T == 1:
+        return N, 0
+    n1 = max(1, min(N - (T - 1), round(first_share * N)))
+    return n1, (N - n1) // (T - 1)
 
 
 def _reference(name: str, cfg: dict):
@@ -143,7 +162,8 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
     val = load_split(recipe.dataset, "val", val_size=recipe.val_size)
     test = load_split(recipe.dataset, "test", limit=cfg["test_limit"])
     N, T = cfg["grads"], cfg["iterations"]
-    m_per = N // T
+    n1, m_per = budget_split(N, T, cfg["first_share"])
+    starts = [0] + [n1 + (t - 1) * m_per for t in range(1, T + 1)]
     L = cfg["line_search_size"]
     if N + L > len(train):
         raise ValueError(f"--grads {N} plus --line-search-size {L} exceed the {len(train)} training images")
@@ -170,6 +190,7 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
                 "block_size",
                 "damping",
                 "damping_mode",
+                "first_share",
                 "line_search_size",
                 "lr",
                 "cbs_swaps",
@@ -194,14 +215,14 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
             if method in ("woodfisher", "cbs") and fisher is None:
                 fisher = empirical_fisher(model, params, Xc, yc, **fkw)
             if method == "cbs@n" and fisher_n is None:
-                fisher_n = empirical_fisher(model, params, Xc[:m_per], yc[:m_per], **fkw)
+                fisher_n = empirical_fisher(model, params, Xc[:n1], yc[:n1], **fkw)
             kw = dict(candidates=cfg["cbs_candidates"], max_swaps=cfg["cbs_swaps"]) if "cbs" in method else {}
             F = fisher_n if method == "cbs@n" else fisher
             res = prune_global(method.split("@")[0], theta0, F, s, **kw)
             pruned = copy.deepcopy(model)
             set_flat(prunable_weights(pruned), res.theta)
             acc = accuracy(pruned, Xt, yt)
-            grads = 0 if method == "magnitude" else (m_per if method == "cbs@n" else N)
+            grads = 0 if method == "magnitude" else (n1 if method == "cbs@n" else N)
             rows.append(
                 dict(model=name, method=method, sparsity=s, iteration=None, accuracy=acc, gradients=grads)
             )
@@ -210,7 +231,7 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
             pruned,
             sparsity=s,
             iterations=T,
-            calibration=lambda t: (Xc[(t - 1) * m_per : t * m_per], yc[(t - 1) * m_per : t * m_per]),
+            calibration=lambda t: (Xc[starts[t - 1] : starts[t]], yc[starts[t - 1] : starts[t]]),
             evaluate=lambda m: {"val_accuracy": accuracy(m, Xv, yv), "accuracy": accuracy(m, Xt, yt)},
             select="val_accuracy",
             mode="max",
@@ -231,7 +252,7 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
                     accuracy=h["metrics"]["accuracy"],
                     val_accuracy=h["metrics"]["val_accuracy"],
                     selected=h["iteration"] == its.best,
-                    gradients=h["iteration"] * m_per,
+                    gradients=starts[h["iteration"]],
                 )
             )
         summary = ", ".join(f"{r['method']}{r['iteration'] or ''} {r['accuracy']:.4f}" for r in rows)
@@ -262,6 +283,11 @@ def table_rows(records: list[dict]) -> list[dict]:
             )
         rows.append(row)
     return rows
+
+
+def _split_text(cfg: dict) -> tuple[int, int, int]:
+    n1, m = budget_split(cfg["grads"], cfg["iterations"], cfg["first_share"])
+    return n1, cfg["iterations"] - 1, m
 
 
 def plot(records: list[dict], path: Path) -> Path:
@@ -312,12 +338,13 @@ def run(args) -> int:
     atomic_write_json(out / "results.json", records)
     md = (
         "# Table 5 analog: accuracy (%) without fine-tuning, global sparsity\n\n"
-        f"Budget: {cfg['grads']} per-sample gradients per method; I-OBS {cfg['iterations']} iterations of "
-        f"{cfg['grads'] // cfg['iterations']} (best by validation accuracy = iobs*, its iteration = iter*). "
+        f"Budget: {cfg['grads']} per-sample gradients per method; I-OBS {cfg['iterations']} iterations: "
+        "{} + {}×{} ".format(*_split_text(cfg))
+        + "(best by validation accuracy = iobs*, its iteration = iter*). "
         f"Fisher blocks of {cfg['block_size']} weights, {cfg['damping_mode']} damping "
         f"{cfg['damping'] or (DEFAULT_DAMPING if cfg['damping_mode'] == 'absolute' else 1e-2):g}, "
         f"I-OBS lr {cfg['lr']} with a line search on {cfg['line_search_size']} held-out training images; "
-        f"cbs@n = CBS on the {cfg['grads'] // cfg['iterations']} samples of I-OBS iteration 1; "
+        f"cbs@n = CBS on the {_split_text(cfg)[0]} samples of I-OBS iteration 1; "
         f"CBS ≤ {cfg['cbs_swaps']} swaps over {cfg['cbs_candidates']} candidates. "
         f"Target: I-OBS ≥ CBS at every sparsity ≥ {100 * TARGET_FROM:g}%.\n\n"
         + markdown_table(rows, floatfmt=".2f")
