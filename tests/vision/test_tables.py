@@ -72,7 +72,18 @@ def test_table1_smoke(tmp_path):
         table1.run(_args(table1, ["--sparsity", "1.5", "--out", str(tmp_path)]))
 
 
-@pytest.mark.parametrize("N,T,share", [(2400, 4, 0.5), (2400, 4, 0.25), (20, 2, 0.5), (7, 3, 0.9), (100, 1, 0.5)])
+@pytest.mark.parametrize(
+    "N,T,share",
+    [
+        (2400, 4, None),
+        (10, 3, None),
+        (2400, 4, 0.5),
+        (2400, 4, 0.25),
+        (20, 2, 0.5),
+        (7, 3, 0.9),
+        (100, 1, 0.5),
+    ],
+)
 def test_table5_budget_split_spends_at_most_the_budget(N, T, share):
     n1, m = table5.budget_split(N, T, share)
     assert n1 >= 1 and (T == 1 or m >= 1)
