@@ -44,6 +44,13 @@ def test_table5_bad_input(tmp_path):
         table5.run(_args(table5, ["--sparsities", "0.5,1.0", "--out", str(tmp_path)]))
     with pytest.raises(ValueError, match="models"):
         table5.run(_args(table5, ["--models", "resnet", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="first-share"):
+        table5.run(_args(table5, ["--first-share", "1.5", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="val-size"):  # raised before any reference network is loaded/trained
+        table5.run(
+            _args(table5, ["--val-size", "5001", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path)])
+        )
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
 @pytest.mark.slow

@@ -141,7 +141,12 @@ def _reference(name: str, cfg: dict):
 
     from iobs.vision.train import RECIPES, reference_model
 
-    recipe = replace(RECIPES[name], val_size=cfg["val_size"])
+    recipe = RECIPES[name]  # --val-size picks from the reference's held-out images; it never retrains
+    if cfg["val_size"] > recipe.val_size:
+        raise ValueError(
+            f"--val-size must be in [1, {recipe.val_size}] (the reference's held-out images), "
+            f"got {cfg['val_size']}"
+        )
     if cfg["train_limit"]:
         recipe = replace(recipe, train_limit=cfg["train_limit"])
     if cfg["epochs"]:
@@ -163,6 +168,7 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
     (model, info), recipe = _reference(name, cfg)
     train = load_split(recipe.dataset, "train", val_size=recipe.val_size)
     val = load_split(recipe.dataset, "val", val_size=recipe.val_size)
+    val = val.subset(slice(len(val) - cfg["val_size"], None))  # the last val_size held-out images
     test = load_split(recipe.dataset, "test", limit=cfg["test_limit"])
     N, T = cfg["grads"], cfg["iterations"]
     n1, m_per = budget_split(N, T, cfg["first_share"])
