@@ -124,6 +124,13 @@ def _config(args) -> dict:
 _DEFAULTS = {"grads": 2400, "block_size": 500, "val_size": 5000, "test_limit": None, "line_search_size": 2000}
 
 
+def damping(cfg: dict) -> float:
+    """--damping, or its default for --damping-mode (absolute DEFAULT_DAMPING, relative 1e-2)."""
+    if cfg["damping"] is not None:
+        return cfg["damping"]
+    return DEFAULT_DAMPING if cfg["damping_mode"] == "absolute" else 1e-2
+
+
 def budget_split(N: int, T: int, first_share: float | None = None) -> tuple[int, int]:
     """(n₁, m): iteration 1 gets n₁ = round(first_share·N) gradients, iterations 2..T get m each, with
     n₁ + (T − 1)·m ≤ N (T = 1: n₁ = N; ``first_share`` None: the equal split n₁ = m = floor(N/T)).
@@ -180,8 +187,7 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
     Xc, yc = train.X[perm[:N]].to(dev), train.y[perm[:N]].to(dev)
     Xl, yl = train.X[perm[N : N + L]].to(dev), train.y[perm[N : N + L]].to(dev)
     absolute = cfg["damping_mode"] == "absolute"
-    if cfg["damping"] is None:
-        cfg["damping"] = DEFAULT_DAMPING if absolute else 1e-2
+    cfg["damping"] = damping(cfg)
     Xv, yv, Xt, yt = val.X.to(dev), val.y, test.X.to(dev), test.y
 
     dense_acc = accuracy(model, Xt, yt)
@@ -351,7 +357,7 @@ def run(args) -> int:
         "{} + {}×{} ".format(*_split_text(cfg))
         + "(best by validation accuracy = iobs*, its iteration = iter*). "
         f"Fisher blocks of {cfg['block_size']} weights, {cfg['damping_mode']} damping "
-        f"{cfg['damping'] or (DEFAULT_DAMPING if cfg['damping_mode'] == 'absolute' else 1e-2):g}, "
+        f"{damping(cfg):g}, "
         f"I-OBS lr {cfg['lr']} with a line search on {cfg['line_search_size']} held-out training images; "
         f"cbs@n = CBS on the {_split_text(cfg)[0]} samples of I-OBS iteration 1; "
         f"CBS ≤ {cfg['cbs_swaps']} swaps over {cfg['cbs_candidates']} candidates. "

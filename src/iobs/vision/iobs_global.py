@@ -26,6 +26,7 @@ from iobs._validate import check_sparsity
 from iobs.prune.outer_loop import LoopResult, run_iobs
 from iobs.vision.fisher import FisherBlocks, empirical_fisher, get_flat, prunable_weights, set_flat
 from iobs.vision.global_prune import keep_mask, newton_point, obs_saliency, obs_update
+from iobs.vision.models import mean_ce
 
 #: step sizes tried by the line search, as multiples of ``lr``
 LINE_SEARCH = (1.0, 0.3, 0.1, 0.03, 0.01, 0.0)
@@ -35,16 +36,6 @@ def obs_projection(theta_plus: torch.Tensor, fisher: FisherBlocks, sparsity: flo
     """(mask, P(θ⁺)): keep the largest OBS saliencies under the global budget, exact OBS update."""
     mask = keep_mask(obs_saliency(theta_plus, fisher), sparsity)
     return mask, obs_update(theta_plus, fisher, mask)
-
-
-def _loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, X.shape[0], batch_size):
-            out = model(X[i : i + batch_size])
-            out = getattr(out, "logits", out)
-            total += float(nn.functional.cross_entropy(out, y[i : i + batch_size], reduction="sum"))
-    return total / X.shape[0]
 
 
 def iobs_global(
@@ -92,7 +83,7 @@ def iobs_global(
             eta = f * lr
             mask, theta_new = obs_projection(theta + eta * direction, fisher, sparsity)
             set_flat(params, theta_new)
-            tried[eta], cands[eta] = _loss(m, X, y), (mask, theta_new)
+            tried[eta], cands[eta] = mean_ce(m, X, y), (mask, theta_new)
         eta = min(tried, key=tried.get)
         theta_plus = theta + eta * direction
         set_flat(params, theta_plus)
