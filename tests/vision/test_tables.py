@@ -37,6 +37,24 @@ def test_table5_smoke(tmp_path):
     md = (out / "table.md").read_text()
     assert "| mlpnet | 70% |" in md and ("PASS" in md or "MISS" in md)
     assert (out / "table5.png").stat().st_size > 5000
+    best = next(r for r in records if r.get("selected"))
+    cbs = next(r for r in records if r["method"] == "cbs")
+    n = 200  # --test-limit: the McNemar counts explain the accuracy difference exactly
+    assert best["vs_cbs"]["only_a"] - best["vs_cbs"]["only_b"] == round(
+        n * (best["accuracy"] - cbs["accuracy"])
+    )
+
+    # per-iteration budget into the same folder: the baselines are reused, iteration 1 is WoodFisher itself
+    base_cell = out / "cells" / "mlpnet-0.7-baselines.json"
+    stamp = base_cell.stat().st_mtime_ns
+    assert table5.run(_args(table5, argv + ["--budget", "per-iteration"])) == 0
+    assert base_cell.stat().st_mtime_ns == stamp
+    records = json.loads((out / "results.json").read_text())
+    assert "cbs@n" not in {r["method"] for r in records}
+    wf = next(r for r in records if r["method"] == "woodfisher")
+    its = {r["iteration"]: r for r in records if r["method"] == "iobs"}
+    assert its[1]["accuracy"] == wf["accuracy"]
+    assert [its[1]["gradients"], its[2]["gradients"]] == [20, 40]
 
 
 def test_table5_bad_input(tmp_path):
@@ -46,6 +64,10 @@ def test_table5_bad_input(tmp_path):
         table5.run(_args(table5, ["--models", "resnet", "--out", str(tmp_path)]))
     with pytest.raises(ValueError, match="first-share"):
         table5.run(_args(table5, ["--first-share", "1.5", "--out", str(tmp_path)]))
+    with pytest.raises(ValueError, match="first-share applies to --budget total"):
+        table5.run(
+            _args(table5, ["--first-share", "0.5", "--budget", "per-iteration", "--out", str(tmp_path)])
+        )
     with pytest.raises(ValueError, match="val-size"):  # raised before any reference network is loaded/trained
         table5.run(
             _args(table5, ["--val-size", "5001", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path)])
@@ -98,3 +120,20 @@ def test_table5_budget_split_spends_at_most_the_budget(N, T, share):
     assert N - (n1 + (T - 1) * m) < max(T - 1, 1)  # at most a rounding remainder left unspent
     if T == 1:
         assert n1 == N
+
+
+@pytest.mark.parametrize("budget", ["total", "per-iteration"])
+@pytest.mark.parametrize("N,T,L", [(2400, 4, 2000), (20, 2, 5), (7, 3, 1), (100, 1, 10)])
+def test_table5_calibration_ranges_are_disjoint(budget, N, T, L):
+    its, line = table5.calibration_starts(N, T, L, budget)
+    assert len(its) == T and its[0][0] == 0 and line == (N, N + L)
+    used = [set(range(lo, hi)) for lo, hi in its + [line]]
+    assert all(u for u in used)
+    assert sum(map(len, used)) == len(set().union(*used))  # no image in two ranges
+    spent = sum(hi - lo for lo, hi in its)
+    if budget == "total":
+        assert spent <= N
+    else:
+        assert its[0] == (0, N) and spent == T * N
+    with pytest.raises(ValueError, match="budget"):
+        table5.calibration_starts(N, T, L, "both")

@@ -3,13 +3,14 @@
 The paper compares I-OBS with the Combinatorial Brain Surgeon on MobileNetV1 (ImageNet, depthwise convolutions
 skipped); CBS itself reports MLPNet (784-40-20-10) on MNIST. Here: MLPNet on MNIST (and optionally the small
 MobileNetV1-style CNN on Fashion-MNIST, depthwise convolutions skipped), trained by the project (cached).
-All Fisher methods share one budget of N per-sample gradients from the same N training samples: WoodFisher and
-CBS build one Fisher from all N; I-OBS runs T iterations on fresh samples, n₁ = first_share·N in iteration 1
-(one-shot WoodFisher on them) and (N − n₁)/(T − 1) in each later one, choosing each step size by the loss
-of the projected point on a separate set of held-out training samples (forward passes only, no gradients),
-and the iteration with the best validation accuracy is reported (the star).
-``cbs@n`` is CBS on the n₁ samples of I-OBS's first iteration (same start).
-Target: I-OBS ≥ CBS (full budget N) at every sparsity ≥ 60 %.
+WoodFisher and CBS build one Fisher from N per-sample gradients. I-OBS runs T iterations, each on fresh
+samples (Fisher and gradient at the current sparse point), under one of two budgets:
+- ``total`` (default): the same N gradients in all, n₁ = first_share·N in iteration 1 (one-shot WoodFisher on
+  them) and (N − n₁)/(T − 1) in each later one; ``cbs@n`` is CBS on the n₁ samples of iteration 1;
+- ``per-iteration``: N fresh gradients in every iteration (T·N in all), iteration 1 = WoodFisher itself.
+Each step size is chosen by the loss of the projected point on held-out training samples (forward passes
+only), the iteration with the best validation accuracy is reported (the star) and compared with CBS on the
+same test images by an exact McNemar test. Target: I-OBS ≥ CBS at every sparsity ≥ 60 %.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsities", default=None, help="comma list in [0, 1) (default: per model, see --help)")
     p.add_argument("--grads", type=int, default=2400, help="per-sample gradients per method (budget N)")
     p.add_argument("--iterations", type=int, default=4, help="I-OBS iterations T (see --first-share)")
+    p.add_argument(
+        "--budget",
+        default="total",
+        choices=("total", "per-iteration"),
+        help="total: I-OBS spends the N gradients of CBS over its T iterations; per-iteration: each I-OBS "
+        "iteration gets N fresh gradients (T·N in all; iteration 1 = WoodFisher on CBS's images)",
+    )
     p.add_argument(
         "--first-share",
         type=float,
@@ -108,6 +116,8 @@ def _config(args) -> dict:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
     if args.first_share is not None and not 0 < args.first_share < 1:
         raise ValueError(f"--first-share must be in (0, 1), got {args.first_share}")
+    if args.first_share is not None and args.budget != "total":
+        raise ValueError("--first-share applies to --budget total only")
     if args.grads < args.iterations:
         raise ValueError(f"--grads ({args.grads}) must be at least --iterations ({args.iterations})")
     cfg = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("target", "command")}
@@ -161,14 +171,42 @@ def _reference(name: str, cfg: dict):
     return reference_model(name, recipe, cache_dir=cfg["cache_dir"], device=cfg["device"]), recipe
 
 
+def calibration_starts(N: int, T: int, L: int, budget: str, first_share: float | None = None) -> list[tuple]:
+    """Index ranges into the shuffled training images for I-OBS iterations 1..T, and the line-search range.
+
+    total: iterations share the N images of WoodFisher/CBS (``budget_split``); line search = [N, N + L).
+    per-iteration: iteration 1 = the N images of WoodFisher/CBS, line search = [N, N + L), iteration t ≥ 2
+    = N fresh images after it (T·N gradients in all). Returns ([(lo, hi) per iteration], (lo, hi)).
+    """
+    if budget == "total":
+        n1, m = budget_split(N, T, first_share)
+        starts = [0] + [n1 + (t - 1) * m for t in range(1, T + 1)]
+        return [(starts[t], starts[t + 1]) for t in range(T)], (N, N + L)
+    if budget == "per-iteration":
+        its = [(0, N)] + [(N + L + (t - 1) * N, N + L + t * N) for t in range(1, T)]
+        return its, (N, N + L)
+    raise ValueError(f"budget must be 'total' or 'per-iteration', got {budget!r}")
+
+
+def _cached(path: Path, key: str):
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data
+    return None
+
+
 def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
-    """All methods and sparsities for one model; each sparsity's records cached in ``out/cells``."""
+    """All methods and sparsities for one model. Per sparsity, the baselines (magnitude, WoodFisher, CBS) are
+    cached in ``out/cells/<model>-<s>-baselines.json`` and I-OBS (+ cbs@n) in ``…-iobs-<budget>.json``, so a
+    run with another I-OBS setting reuses the baselines."""
+    from iobs.eval.paired import mcnemar
     from iobs.utils import resolve_device
     from iobs.vision.data import load_split
     from iobs.vision.fisher import empirical_fisher, get_flat, prunable_weights, set_flat
     from iobs.vision.global_prune import prune_global
     from iobs.vision.iobs_global import iobs_global
-    from iobs.vision.models import accuracy
+    from iobs.vision.models import accuracy, correct
 
     dev = resolve_device(cfg["device"])
     cfg = {**cfg, "device": str(dev)}
@@ -177,15 +215,19 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
     val = load_split(recipe.dataset, "val", val_size=recipe.val_size)
     val = val.subset(slice(len(val) - cfg["val_size"], None))  # the last val_size held-out images
     test = load_split(recipe.dataset, "test", limit=cfg["test_limit"])
-    N, T = cfg["grads"], cfg["iterations"]
-    n1, m_per = budget_split(N, T, cfg["first_share"])
-    starts = [0] + [n1 + (t - 1) * m_per for t in range(1, T + 1)]
-    L = cfg["line_search_size"]
-    if N + L > len(train):
-        raise ValueError(f"--grads {N} plus --line-search-size {L} exceed the {len(train)} training images")
+    N, T, L = cfg["grads"], cfg["iterations"], cfg["line_search_size"]
+    its, (l0, l1) = calibration_starts(N, T, L, cfg["budget"], cfg["first_share"])
+    need = max(l1, its[-1][1])
+    if need > len(train):
+        raise ValueError(
+            f"--grads {N}, --iterations {T} (--budget {cfg['budget']}) and --line-search-size {L} "
+            f"need {need} training images, only {len(train)} exist"
+        )
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg["seed"]))
-    Xc, yc = train.X[perm[:N]].to(dev), train.y[perm[:N]].to(dev)
-    Xl, yl = train.X[perm[N : N + L]].to(dev), train.y[perm[N : N + L]].to(dev)
+    Xall, yall = train.X[perm[:need]].to(dev), train.y[perm[:need]].to(dev)
+    Xc, yc = Xall[:N], yall[:N]
+    Xl, yl = Xall[l0:l1], yall[l0:l1]
+    n1 = its[0][1] - its[0][0]
     absolute = cfg["damping_mode"] == "absolute"
     cfg["damping"] = damping(cfg)
     Xv, yv, Xt, yt = val.X.to(dev), val.y, test.X.to(dev), test.y
@@ -195,84 +237,103 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
     records = [dict(model=name, method="dense", sparsity=0.0, iteration=None, accuracy=dense_acc)]
     params = prunable_weights(model)
     theta0 = get_flat(params)
-    fisher = fisher_n = None
-    key = json.dumps(
-        {
-            k: cfg[k]
-            for k in (
-                "grads",
-                "iterations",
-                "block_size",
-                "damping",
-                "damping_mode",
-                "first_share",
-                "line_search_size",
-                "lr",
-                "cbs_swaps",
-                "cbs_candidates",
-                "val_size",
-                "test_limit",
-                "seed",
-            )
-        }
-        | {"model": info.get("key")},
-        sort_keys=True,
+    fisher: dict = {}
+    fkw = dict(block_size=cfg["block_size"], damping=cfg["damping"], absolute_damping=absolute)
+
+    def F(n):
+        if n not in fisher:
+            fisher[n] = empirical_fisher(model, params, Xc[:n], yc[:n], **fkw)
+        return fisher[n]
+
+    def pruned_by(method, s, n):
+        kw = dict(candidates=cfg["cbs_candidates"], max_swaps=cfg["cbs_swaps"]) if method == "cbs" else {}
+        res = prune_global(method, theta0, F(n) if method != "magnitude" else None, s, **kw)
+        m = copy.deepcopy(model)
+        set_flat(prunable_weights(m), res.theta)
+        return m
+
+    base_keys = (
+        "grads",
+        "block_size",
+        "damping",
+        "damping_mode",
+        "cbs_swaps",
+        "cbs_candidates",
+        "test_limit",
     )
+    base_key = json.dumps(
+        {k: cfg[k] for k in base_keys + ("seed",)} | {"model": info.get("key")}, sort_keys=True
+    )
+    iobs_keys = ("iterations", "budget", "first_share", "line_search_size", "lr", "val_size")
+    iobs_key = json.dumps(json.loads(base_key) | {k: cfg[k] for k in iobs_keys}, sort_keys=True)
     for s in cfg["sparsity_lists"][name]:
-        cell = out / "cells" / f"{name}-{s:g}.json"
-        if cell.exists() and json.loads(cell.read_text())["key"] == key:
-            records += json.loads(cell.read_text())["records"]
-            continue
-        rows = []
         t0 = time.perf_counter()
-        fkw = dict(block_size=cfg["block_size"], damping=cfg["damping"], absolute_damping=absolute)
-        for method in ("magnitude", "woodfisher", "cbs", "cbs@n"):
-            if method in ("woodfisher", "cbs") and fisher is None:
-                fisher = empirical_fisher(model, params, Xc, yc, **fkw)
-            if method == "cbs@n" and fisher_n is None:
-                fisher_n = empirical_fisher(model, params, Xc[:n1], yc[:n1], **fkw)
-            kw = dict(candidates=cfg["cbs_candidates"], max_swaps=cfg["cbs_swaps"]) if "cbs" in method else {}
-            F = fisher_n if method == "cbs@n" else fisher
-            res = prune_global(method.split("@")[0], theta0, F, s, **kw)
-            pruned = copy.deepcopy(model)
-            set_flat(prunable_weights(pruned), res.theta)
-            acc = accuracy(pruned, Xt, yt)
-            grads = 0 if method == "magnitude" else (n1 if method == "cbs@n" else N)
-            rows.append(
-                dict(model=name, method=method, sparsity=s, iteration=None, accuracy=acc, gradients=grads)
-            )
-        pruned = copy.deepcopy(model)
-        its = iobs_global(
-            pruned,
-            sparsity=s,
-            iterations=T,
-            calibration=lambda t: (Xc[starts[t - 1] : starts[t]], yc[starts[t - 1] : starts[t]]),
-            evaluate=lambda m: {"val_accuracy": accuracy(m, Xv, yv), "accuracy": accuracy(m, Xt, yt)},
-            select="val_accuracy",
-            mode="max",
-            block_size=cfg["block_size"],
-            damping=cfg["damping"],
-            absolute_damping=absolute,
-            lr=cfg["lr"],
-            line_search=(Xl, yl),
-            evaluate_dense=False,
-        )
-        for h in its.history:
-            rows.append(
-                dict(
-                    model=name,
-                    method="iobs",
-                    sparsity=s,
-                    iteration=h["iteration"],
-                    accuracy=h["metrics"]["accuracy"],
-                    val_accuracy=h["metrics"]["val_accuracy"],
-                    selected=h["iteration"] == its.best,
-                    gradients=starts[h["iteration"]],
+        base_cell = out / "cells" / f"{name}-{s:g}-baselines.json"
+        base = _cached(base_cell, base_key)
+        if base is None:
+            rows, wrong = [], {}
+            for method in ("magnitude", "woodfisher", "cbs"):
+                hit = correct(pruned_by(method, s, N), Xt, yt)
+                wrong[method] = torch.nonzero(~hit).flatten().tolist()
+                rows.append(
+                    dict(
+                        model=name,
+                        method=method,
+                        sparsity=s,
+                        iteration=None,
+                        accuracy=int(hit.sum()) / len(hit),
+                        gradients=0 if method == "magnitude" else N,
+                    )
                 )
+            base = {"key": base_key, "records": rows, "wrong": wrong}
+            atomic_write_json(base_cell, base)
+        iobs_cell = out / "cells" / f"{name}-{s:g}-iobs-{cfg['budget']}.json"
+        rows = (_cached(iobs_cell, iobs_key) or {}).get("records")
+        if rows is None:
+            rows = []
+            if cfg["budget"] == "total":
+                acc = accuracy(pruned_by("cbs", s, n1), Xt, yt)
+                rows.append(
+                    dict(model=name, method="cbs@n", sparsity=s, iteration=None, accuracy=acc, gradients=n1)
+                )
+            pruned = copy.deepcopy(model)
+            result = iobs_global(
+                pruned,
+                sparsity=s,
+                iterations=T,
+                calibration=lambda t: (Xall[slice(*its[t - 1])], yall[slice(*its[t - 1])]),
+                evaluate=lambda m: {"val_accuracy": accuracy(m, Xv, yv), "accuracy": accuracy(m, Xt, yt)},
+                select="val_accuracy",
+                mode="max",
+                block_size=cfg["block_size"],
+                damping=cfg["damping"],
+                absolute_damping=absolute,
+                lr=cfg["lr"],
+                line_search=(Xl, yl),
+                evaluate_dense=False,
             )
+            cbs_right = torch.ones(len(yt), dtype=torch.bool)
+            cbs_right[base["wrong"]["cbs"]] = False
+            paired = mcnemar(correct(pruned, Xt, yt), cbs_right)  # pruned = the best iteration, restored
+            for h in result.history:
+                t = h["iteration"]
+                rows.append(
+                    dict(
+                        model=name,
+                        method="iobs",
+                        sparsity=s,
+                        iteration=t,
+                        accuracy=h["metrics"]["accuracy"],
+                        val_accuracy=h["metrics"]["val_accuracy"],
+                        selected=t == result.best,
+                        gradients=sum(hi - lo for lo, hi in its[:t]),
+                    )
+                    | ({"vs_cbs": paired} if t == result.best else {})
+                )
+            atomic_write_json(iobs_cell, {"key": iobs_key, "records": rows})
+        rows = base["records"] + rows
         summary = ", ".join(f"{r['method']}{r['iteration'] or ''} {r['accuracy']:.4f}" for r in rows)
         print(f"[{name}] sparsity {s:g}: {summary} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        atomic_write_json(cell, {"key": key, "records": rows})
         records += rows
     return records
 
@@ -293,6 +354,7 @@ def table_rows(records: list[dict]) -> list[dict]:
         row["iter*"] = best["iteration"] if best else None
         if best and row["cbs"] is not None:
             row["iobs*-cbs"] = row["iobs*"] - row["cbs"]
+            row["p"] = f"{best['vs_cbs']['p']:.2g}" if "vs_cbs" in best else None
             row["target"] = (
                 ("PASS" if row["iobs*"] >= row["cbs"] else "MISS") if s >= TARGET_FROM - 1e-9 else "-"
             )
@@ -300,9 +362,18 @@ def table_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _split_text(cfg: dict) -> tuple[int, int, int]:
-    n1, m = budget_split(cfg["grads"], cfg["iterations"], cfg["first_share"])
-    return n1, cfg["iterations"] - 1, m
+def _budget_text(cfg: dict) -> str:
+    N, T = cfg["grads"], cfg["iterations"]
+    if cfg["budget"] == "per-iteration":
+        return (
+            f"Budget: {N} per-sample gradients for WoodFisher and CBS, {N} per I-OBS iteration "
+            f"({T} iterations, {T * N} in all; iteration 1 = WoodFisher). "
+        )
+    n1, m = budget_split(N, T, cfg["first_share"])
+    return (
+        f"Budget: {N} per-sample gradients per method; I-OBS {T} iterations: {n1} + {T - 1}×{m}; "
+        f"cbs@n = CBS on the {n1} samples of I-OBS iteration 1. "
+    )
 
 
 def plot(records: list[dict], path: Path) -> Path:
@@ -353,13 +424,12 @@ def run(args) -> int:
     atomic_write_json(out / "results.json", records)
     md = (
         "# Table 5 analog: accuracy (%) without fine-tuning, global sparsity\n\n"
-        f"Budget: {cfg['grads']} per-sample gradients per method; I-OBS {cfg['iterations']} iterations: "
-        "{} + {}×{} ".format(*_split_text(cfg))
-        + "(best by validation accuracy = iobs*, its iteration = iter*). "
+        + _budget_text(cfg)
+        + "I-OBS best iteration by validation accuracy = iobs*, its iteration = iter*; "
+        "p = exact McNemar test of iobs* against CBS on the test images. "
         f"Fisher blocks of {cfg['block_size']} weights, {cfg['damping_mode']} damping "
         f"{damping(cfg):g}, "
         f"I-OBS lr {cfg['lr']} with a line search on {cfg['line_search_size']} held-out training images; "
-        f"cbs@n = CBS on the {_split_text(cfg)[0]} samples of I-OBS iteration 1; "
         f"CBS ≤ {cfg['cbs_swaps']} swaps over {cfg['cbs_candidates']} candidates. "
         f"Target: I-OBS ≥ CBS at every sparsity ≥ {100 * TARGET_FROM:g}%.\n\n"
         + markdown_table(rows, floatfmt=".2f")

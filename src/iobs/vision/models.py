@@ -101,21 +101,26 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
+def correct(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Boolean vector (CPU): argmax of ``model`` (eval mode) equals ``y``, per sample."""
     from iobs.vision.data import check_labels
 
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
-    correct = 0
+    hits = []
     for i in range(0, X.shape[0], batch_size):
         out = logits(model, X[i : i + batch_size].to(dev))
         if i == 0:
             check_labels(y, out.shape[-1], "y")
-        correct += int((out.argmax(-1).cpu() == y[i : i + batch_size]).sum())
+        hits.append(out.argmax(-1).cpu() == y[i : i + batch_size].cpu())
     model.train(was)
-    return correct / max(1, X.shape[0])
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
+    return int(correct(model, X, y, batch_size).sum()) / max(1, X.shape[0])
 
 
 @torch.no_grad()
