@@ -35,11 +35,39 @@ def _data(n=40, seed=1):
     return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
 
 
-def _fisher(n=8, sizes=(12, 9), block=5, seed=0, damping=0.1):
+def _fisher(n=8, sizes=(12, 9), block=5, seed=0, damping=0.1, dense=None):
     g = torch.Generator().manual_seed(seed)
     G = torch.randn(n, sum(sizes), generator=g, dtype=torch.float64)
     G[:, 1] = G[:, 0] * 0.9 + 0.1 * G[:, 1]  # correlated weights
-    return fisher_from_grads(G, list(sizes), block, damping), G
+    return fisher_from_grads(G, list(sizes), block, damping, dense=dense), G
+
+
+@pytest.mark.parametrize("n", [3, 8, 40])  # n < B, n between block sizes, n > B
+def test_dense_and_woodbury_forms_are_the_same_matrix(n):
+    Fw, G = _fisher(n=n, sizes=(24, 13), block=10, dense=False)
+    Fd, _ = _fisher(n=n, sizes=(24, 13), block=10, dense=True)
+    Fa, _ = _fisher(n=n, sizes=(24, 13), block=10)  # automatic: dense where n >= B
+    assert [f is not None for f in Fa.Fb] == [n >= e - s for s, e in Fa.blocks]
+    assert all(f is None for f in Fw.Fb) and all(f is not None for f in Fd.Fb)
+    g = torch.Generator().manual_seed(n)
+    v = torch.randn(Fw.d, generator=g, dtype=torch.float64)
+    theta = torch.randn(Fw.d, generator=g, dtype=torch.float64)
+    mask = torch.rand(Fw.d, generator=g) < 0.6
+    for F in (Fd, Fa):
+        assert torch.allclose(F.inv_diag(), Fw.inv_diag(), rtol=1e-8)
+        assert torch.allclose(F.inv_mv(v), Fw.inv_mv(v), rtol=1e-8, atol=1e-10)
+        assert torch.allclose(F.mv(v), Fw.mv(v), rtol=1e-10, atol=1e-12)
+        for b in range(len(F.blocks)):
+            assert torch.allclose(F.dense_block(b), Fw.dense_block(b), atol=1e-12)
+            assert torch.allclose(F.inverse_block(b), Fw.inverse_block(b), rtol=1e-7, atol=1e-9)
+        for i in (0, 11, 30):
+            b = int(F.block_of()[i])
+            assert torch.allclose(F.column(i, b), Fw.column(i, b), atol=1e-12)
+        assert torch.allclose(obs_update(theta, F, mask), obs_update(theta, Fw, mask), rtol=1e-7, atol=1e-9)
+        for s in (0.3, 0.7):
+            assert torch.equal(woodfisher(theta, F, s).mask, woodfisher(theta, Fw, s).mask)
+            a, b = cbs(theta, F, s, candidates=6, max_swaps=50), cbs(theta, Fw, s, candidates=6, max_swaps=50)
+            assert torch.equal(a.mask, b.mask) and a.objective == pytest.approx(b.objective, rel=1e-8)
 
 
 def test_per_sample_grads_match_autograd_loop():

@@ -11,6 +11,9 @@ Its inverse follows from the Woodbury identity,
 so only an n×n system is factorised per block; diag(F_b⁻¹) = (1 − ℓ)/λ_b with leverages
 ℓ_j = a_jᵀ (λ_b I_n + A_b A_bᵀ)⁻¹ a_j, and F_b⁻¹ v needs two products with A_b. WoodFisher applies the
 identity one sample at a time (n rank-one updates); the batched form above gives the same matrix.
+When n ≥ B (more gradients than weights in the block) the B×B matrix F_b itself is cheaper: it is formed
+once and factorised (Cholesky), and every operation below uses it instead (the *dense* form of a block;
+2400 gradients in blocks of 500: about 10× less work per saliency, product or OBS update).
 The per-sample gradients come from ``torch.func`` (``vmap`` of ``grad`` over samples).
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -120,13 +123,23 @@ def make_blocks(sizes: Sequence[int], block_size: int) -> list[tuple[int, int]]:
 
 @dataclass
 class FisherBlocks:
-    """A block-diagonal damped empirical Fisher F = diag(λ_b I + A_bᵀA_b) and the mean gradient."""
+    """A block-diagonal damped empirical Fisher F = diag(λ_b I + A_bᵀA_b) and the mean gradient.
+
+    Block b is held in Woodbury form (``Fb[b]`` None, ``Kchol[b]`` = chol(λ_b I_n + A_b A_bᵀ)) when n < B,
+    else in dense form (``Fb[b]`` = F_b, ``Kchol[b]`` = chol(F_b)).
+    """
 
     A: torch.Tensor  # (n, d) = G / √n
     grad: torch.Tensor  # (d,) mean per-sample gradient
     blocks: list[tuple[int, int]]
     lam: torch.Tensor  # (n_blocks,)
-    Kchol: list[torch.Tensor]  # Cholesky factors of λ_b I_n + A_b A_bᵀ
+    Kchol: list[torch.Tensor]  # Cholesky factors (see the class docstring)
+    Fb: list[torch.Tensor | None] = field(default_factory=list)  # explicit F_b for dense blocks
+    _inv_diag: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not self.Fb:
+            self.Fb = [None] * len(self.blocks)
 
     @property
     def d(self) -> int:
@@ -137,29 +150,49 @@ class FisherBlocks:
         return self.A.shape[0]
 
     def inv_diag(self) -> torch.Tensor:
-        """diag(F⁻¹) = (1 − ℓ)/λ_b blockwise (Woodbury)."""
-        out = torch.empty(self.d, dtype=self.A.dtype, device=self.A.device)
-        for (s, e), lam, L in zip(self.blocks, self.lam, self.Kchol):
-            Ab = self.A[:, s:e]
-            lev = (Ab * torch.cholesky_solve(Ab, L)).sum(0)
-            out[s:e] = (1.0 - lev).clamp_min(torch.finfo(self.A.dtype).eps) / lam
-        return out
+        """diag(F⁻¹): (1 − ℓ)/λ_b blockwise (Woodbury) or diag(F_b⁻¹) (dense); computed once."""
+        if self._inv_diag is None:
+            out = torch.empty(self.d, dtype=self.A.dtype, device=self.A.device)
+            for (s, e), lam, L, Fb in zip(self.blocks, self.lam, self.Kchol, self.Fb):
+                if Fb is not None:
+                    out[s:e] = torch.cholesky_inverse(L).diagonal()
+                    continue
+                Ab = self.A[:, s:e]
+                lev = (Ab * torch.cholesky_solve(Ab, L)).sum(0)
+                out[s:e] = (1.0 - lev).clamp_min(torch.finfo(self.A.dtype).eps) / lam
+            self._inv_diag = out
+        return self._inv_diag
 
     def inv_mv(self, v: torch.Tensor) -> torch.Tensor:
-        """F⁻¹ v blockwise: (v − A_bᵀ K⁻¹ A_b v)/λ_b."""
+        """F⁻¹ v blockwise: (v − A_bᵀ K⁻¹ A_b v)/λ_b (Woodbury) or a Cholesky solve with F_b (dense)."""
         out = torch.empty_like(v)
-        for (s, e), lam, L in zip(self.blocks, self.lam, self.Kchol):
+        for (s, e), lam, L, Fb in zip(self.blocks, self.lam, self.Kchol, self.Fb):
+            if Fb is not None:
+                out[s:e] = torch.cholesky_solve(v[s:e, None], L).squeeze(1)
+                continue
             Ab = self.A[:, s:e]
             out[s:e] = (v[s:e] - Ab.T @ torch.cholesky_solve((Ab @ v[s:e])[:, None], L).squeeze(1)) / lam
         return out
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
-        """F v blockwise: λ_b v + A_bᵀ (A_b v)."""
+        """F v blockwise: λ_b v + A_bᵀ (A_b v), or F_b v (dense)."""
         out = torch.empty_like(v)
-        for (s, e), lam in zip(self.blocks, self.lam):
+        for (s, e), lam, Fb in zip(self.blocks, self.lam, self.Fb):
+            if Fb is not None:
+                out[s:e] = Fb @ v[s:e]
+                continue
             Ab = self.A[:, s:e]
             out[s:e] = lam * v[s:e] + Ab.T @ (Ab @ v[s:e])
         return out
+
+    def column(self, i: int, b: int) -> torch.Tensor:
+        """Column i of F inside its block b (entries s..e of F e_i)."""
+        s, e = self.blocks[b]
+        if self.Fb[b] is not None:
+            return self.Fb[b][:, i - s].clone()
+        col = self.A[:, s:e].T @ self.A[:, i]
+        col[i - s] += self.lam[b]
+        return col
 
     def block_of(self) -> torch.Tensor:
         """(d,) index of the block holding each weight."""
@@ -169,13 +202,18 @@ class FisherBlocks:
         return idx
 
     def dense_block(self, b: int) -> torch.Tensor:
-        """F_b as an explicit matrix (small blocks / tests)."""
+        """F_b as an explicit matrix."""
+        if self.Fb[b] is not None:
+            return self.Fb[b]
         s, e = self.blocks[b]
         Ab = self.A[:, s:e]
         return self.lam[b] * torch.eye(e - s, dtype=Ab.dtype, device=Ab.device) + Ab.T @ Ab
 
     def inverse_block(self, b: int) -> torch.Tensor:
-        """F_b⁻¹ explicitly through the Woodbury identity (small blocks / tests)."""
+        """F_b⁻¹ explicitly (Woodbury identity, or the Cholesky factor of a dense block)."""
+        if self.Fb[b] is not None:
+            inv = torch.cholesky_inverse(self.Kchol[b])
+            return 0.5 * (inv + inv.T)
         s, e = self.blocks[b]
         return woodbury_inverse(self.A[:, s:e], float(self.lam[b]), L=self.Kchol[b])
 
@@ -203,8 +241,13 @@ def fisher_from_grads(
     block_size: int,
     damping: float = 1e-3,
     absolute_damping: bool = False,
+    dense: bool | None = None,
 ) -> FisherBlocks:
-    """Blocks of the damped empirical Fisher from per-sample gradients G (n, d); see the module docstring."""
+    """Blocks of the damped empirical Fisher from per-sample gradients G (n, d); see the module docstring.
+
+    ``dense``: hold every block as the explicit B×B F_b (True), in Woodbury form (False), or whichever is
+    smaller per block, n ≥ B → dense (None, the default). All three represent the same matrix.
+    """
     if G.dim() != 2 or G.shape[0] < 1:
         raise ValueError(
             f"G must be a (n, d) matrix of per-sample gradients with n >= 1, got {tuple(G.shape)}"
@@ -216,8 +259,8 @@ def fisher_from_grads(
     blocks = make_blocks(sizes, block_size)
     n = G.shape[0]
     A = G / math.sqrt(n)
-    eye = torch.eye(n, dtype=A.dtype, device=A.device)
-    lams, chols = [], []
+    eye = None
+    lams, chols, Fbs = [], [], []
     for s, e in blocks:
         Ab = A[:, s:e]
         mean_diag = float((Ab * Ab).sum()) / (e - s)
@@ -225,13 +268,22 @@ def fisher_from_grads(
         if lam <= 0:  # a block whose gradients are all zero (dead units): fall back to absolute damping
             lam = damping
         lams.append(lam)
-        chols.append(cholesky_or_raise(lam * eye + Ab @ Ab.T, "λI + A_b A_bᵀ"))
+        if (n >= e - s) if dense is None else dense:
+            Fb = Ab.T @ Ab
+            Fb.diagonal().add_(lam)
+            Fbs.append(Fb)
+            chols.append(cholesky_or_raise(Fb, "F_b = λI + A_bᵀA_b"))
+        else:
+            Fbs.append(None)
+            eye = torch.eye(n, dtype=A.dtype, device=A.device) if eye is None else eye
+            chols.append(cholesky_or_raise(lam * eye + Ab @ Ab.T, "λI + A_b A_bᵀ"))
     return FisherBlocks(
         A=A,
         grad=G.mean(0),
         blocks=blocks,
         lam=torch.tensor(lams, dtype=A.dtype, device=A.device),
         Kchol=chols,
+        Fb=Fbs,
     )
 
 

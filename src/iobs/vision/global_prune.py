@@ -30,7 +30,7 @@ import torch
 
 from iobs._validate import check_sparsity, n_pruned
 from iobs.obs.masks import topk_mask
-from iobs.obs.projection import obs_project_lowrank
+from iobs.obs.projection import obs_project, obs_project_lowrank
 from iobs.vision.fisher import FisherBlocks
 
 METHODS = ("magnitude", "woodfisher", "cbs")
@@ -72,10 +72,12 @@ def obs_saliency(theta: torch.Tensor, fisher: FisherBlocks) -> torch.Tensor:
 def obs_update(theta_plus: torch.Tensor, fisher: FisherBlocks, mask: torch.Tensor) -> torch.Tensor:
     """argmin_{supp θ ⊆ mask} (θ − θ⁺)ᵀ F (θ − θ⁺), block by block (exact OBS update, Woodbury form)."""
     out = torch.zeros_like(theta_plus)
-    for (s, e), lam in zip(fisher.blocks, fisher.lam):
+    for b, ((s, e), lam) in enumerate(zip(fisher.blocks, fisher.lam)):
         m = mask[s:e]
         if bool(m.all()):
             out[s:e] = theta_plus[s:e]
+        elif bool(m.any()) and fisher.Fb[b] is not None:
+            out[s:e] = obs_project(theta_plus[s:e], fisher.Fb[b], m)
         elif bool(m.any()):
             out[s:e] = obs_project_lowrank(theta_plus[s:e], fisher.A[:, s:e], float(lam), m)
     return out * mask
@@ -103,13 +105,6 @@ def selection_objective(
     p = theta0 * (~mask)
     val = 0.5 * float(p @ fisher.mv(p))
     return val - float(fisher.grad @ p) if use_grad else val
-
-
-def _fisher_col(fisher: FisherBlocks, i: int, block: int) -> tuple[int, int, torch.Tensor]:
-    s, e = fisher.blocks[block]
-    col = fisher.A[:, s:e].T @ fisher.A[:, i]
-    col[i - s] += fisher.lam[block]
-    return s, e, col
 
 
 def cbs(
@@ -156,10 +151,9 @@ def cbs(
         if not d_best < -1e-12 * max(1.0, abs(J)):
             break
         i, j = int(ci[best // len(cj)]), int(cj[best % len(cj)])
-        s, e, col = _fisher_col(fisher, i, int(block[i]))
-        u[s:e] -= col * th[i]
-        s, e, col = _fisher_col(fisher, j, int(block[j]))
-        u[s:e] += col * th[j]
+        for k, sign in ((i, -1.0), (j, 1.0)):
+            s, e = fisher.blocks[int(block[k])]
+            u[s:e] += sign * th[k] * fisher.column(k, int(block[k]))
         mask[i], mask[j] = True, False
         J += d_best
         history.append(J)
