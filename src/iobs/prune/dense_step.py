@@ -149,7 +149,7 @@ def finetune_step(
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, _to(batches[i], device))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fine-tuning loss became {float(loss)} at lr={lr}")
+                raise FloatingPointError(f"fine-tuning loss became {float(loss.detach())} at lr={lr}")
             loss.backward()
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
