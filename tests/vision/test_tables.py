@@ -137,3 +137,20 @@ def test_table5_calibration_ranges_are_disjoint(budget, N, T, L):
         assert its[0] == (0, N) and spent == T * N
     with pytest.raises(ValueError, match="budget"):
         table5.calibration_starts(N, T, L, "both")
+
+
+def test_table5_verdict_names_misses_and_their_significance():
+    rows = [
+        {"model": "m", "sparsity": "50%", "target": "-", "p": "0.01"},
+        {"model": "m", "sparsity": "60%", "target": "MISS", "p": "0.3"},
+        {"model": "m", "sparsity": "70%", "target": "MISS", "p": "0.001"},
+        {"model": "m", "sparsity": "80%", "target": "PASS", "p": "1e-9"},
+    ]
+    text = table5.verdict_text(rows)
+    assert text.startswith("Target overall: MISS (1 of 3 cells)")
+    assert "misses at m 60%, m 70%, of which 1 significant" in text and text.endswith(": m 70%")
+    assert table5.verdict_text([rows[3]]) == "Target overall: PASS (1 of 1 cells)"
+    assert table5.verdict_text(rows[:1]).startswith("Target overall: -")
+    assert table5._p_text(0.0) == "<1e-300" and table5._p_text(0.0123) == "0.012"
+    rows[2]["p"] = table5._p_text(0.0)  # an underflowed p is the most significant, not unparsable
+    assert table5.verdict_text(rows).endswith(": m 70%")
