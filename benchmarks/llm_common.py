@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
+#: 1-min load average when the benchmark process started (other jobs on the machine), None where unknown
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 PEER_RUNNER = ROOT / "benchmarks" / "peers" / "run_llmcompressor.py"
 
 
@@ -30,8 +32,11 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", 1-min load average when the table was written {os.getloadavg()[0]:.1f}"
+    if LOAD_AT_START is not None:
+        load = (
+            f", 1-min load average {LOAD_AT_START:.1f} at start and {os.getloadavg()[0]:.1f} when the table "
+            "was written (the benchmark's own processes count in the second)"
+        )
     return f"{cpu}, nproc {os.cpu_count()}{mem}{load}"
 
 
@@ -48,14 +53,19 @@ def set_threads(n: int) -> None:
 
 def header(title: str, argv: list[str]) -> str:
     cmd = " ".join([".venv/bin/python", os.path.relpath(argv[0], ROOT), *argv[1:]])
+    busy = LOAD_AT_START is None or LOAD_AT_START >= 1.0
+    note = (
+        "- note: other jobs were running when this benchmark started (or the load is unknown); timings are "
+        "noisy, perplexities are not affected\n"
+        if busy
+        else "- note: the machine was idle when this benchmark started\n"
+    )
     return (
         f"# {title}\n\n"
         f"- command: `{cmd}`\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
         f"- machine: {machine()}\n"
-        f"- torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}\n"
-        "- note: the machine was SHARED with other engineers' jobs during this run (2 cores); "
-        "timings are noisy, perplexities are not affected\n"
+        f"- torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}\n" + note
     )
 
 
