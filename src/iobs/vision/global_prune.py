@@ -70,7 +70,8 @@ def obs_saliency(theta: torch.Tensor, fisher: FisherBlocks) -> torch.Tensor:
 
 
 def obs_update(theta_plus: torch.Tensor, fisher: FisherBlocks, mask: torch.Tensor) -> torch.Tensor:
-    """argmin_{supp θ ⊆ mask} (θ − θ⁺)ᵀ F (θ − θ⁺), block by block (exact OBS update, Woodbury form)."""
+    """argmin_{supp θ ⊆ mask} (θ − θ⁺)ᵀ F (θ − θ⁺), block by block (exact OBS update; a dense block solves
+    with F_b restricted to the support, a Woodbury block with its n×n low-rank form)."""
     out = torch.zeros_like(theta_plus)
     for b, ((s, e), lam) in enumerate(zip(fisher.blocks, fisher.lam)):
         m = mask[s:e]
