@@ -108,3 +108,38 @@ def test_line_search_data_must_hold_samples():
             block_size=64,
             line_search=(X[:0], y[:0]),
         )
+
+
+def test_initial_fisher_replaces_the_first_build_and_changes_nothing(monkeypatch):
+    import iobs.vision.iobs_global as mod
+
+    model, X, y = _problem()
+    m, kw = 60, dict(block_size=64, damping=1e-2)
+    run = dict(
+        sparsity=SPARSITY,
+        iterations=3,
+        calibration=lambda t: (X[(t - 1) * m : t * m], y[(t - 1) * m : t * m]),
+        evaluate=lambda mod_: {"loss": _loss(mod_, X, y)},
+        select="loss",
+        mode="min",
+        lr=0.5,
+        **kw,
+    )
+    plain = copy.deepcopy(model)
+    ref = iobs_global(plain, **run)
+    F1 = empirical_fisher(model, prunable_weights(model), X[:m], y[:m], **kw)
+    builds = []
+
+    def counted(*a, **k):
+        builds.append(1)
+        return empirical_fisher(*a, **k)
+
+    monkeypatch.setattr(mod, "empirical_fisher", counted)
+    given = copy.deepcopy(model)
+    res = iobs_global(given, initial_fisher=F1, **run)
+    assert len(builds) == 2  # iterations 2 and 3 only
+    assert [h["metrics"]["loss"] for h in res.history] == [h["metrics"]["loss"] for h in ref.history]
+    assert torch.equal(get_flat(prunable_weights(given)), get_flat(prunable_weights(plain)))
+    small = empirical_fisher(model, {"0.weight": model[0].weight}, X[:m], y[:m], **kw)
+    with pytest.raises(ValueError, match="initial_fisher covers"):
+        iobs_global(copy.deepcopy(model), initial_fisher=small, **run)

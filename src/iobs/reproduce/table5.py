@@ -311,6 +311,7 @@ def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
                 lr=cfg["lr"],
                 line_search=(Xl, yl),
                 evaluate_dense=False,
+                initial_fisher=F(n1),  # iteration 1 = the first n1 images at θ0: already built here
             )
             cbs_right = torch.ones(len(yt), dtype=torch.bool)
             cbs_right[base["wrong"]["cbs"]] = False

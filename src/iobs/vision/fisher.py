@@ -134,12 +134,8 @@ class FisherBlocks:
     blocks: list[tuple[int, int]]
     lam: torch.Tensor  # (n_blocks,)
     Kchol: list[torch.Tensor]  # Cholesky factors (see the class docstring)
-    Fb: list[torch.Tensor | None] = field(default_factory=list)  # explicit F_b for dense blocks
+    Fb: list[torch.Tensor | None]  # explicit F_b for dense blocks, None for Woodbury blocks
     _inv_diag: torch.Tensor | None = field(default=None, repr=False)
-
-    def __post_init__(self):
-        if not self.Fb:
-            self.Fb = [None] * len(self.blocks)
 
     @property
     def d(self) -> int:

@@ -56,17 +56,23 @@ def iobs_global(
     exclude: Sequence[str] | None = None,
     evaluate_dense: bool = True,
     on_iteration: Callable[[dict], None] | None = None,
+    initial_fisher: FisherBlocks | None = None,
 ) -> LoopResult:
     """Run I-OBS on ``model`` in place (best iteration restored); ``calibration(t)`` returns (X, y).
 
     ``line_search`` = (X, y) held-out samples that choose the step size (default: the batch itself).
+    ``initial_fisher``: the Fisher of ``calibration(1)`` at the starting weights with these block and damping
+    settings, when the caller already has it (iteration 1 then builds none; e.g. WoodFisher's own Fisher).
     """
     sparsity = check_sparsity(sparsity)
     if line_search is not None and (len(line_search) != 2 or line_search[0].shape[0] < 1):
         raise ValueError("line_search must be an (X, y) pair with at least one sample")
     params = prunable_weights(model, include, exclude)
     d = sum(p.numel() for p in params.values())
+    if initial_fisher is not None and initial_fisher.d != d:
+        raise ValueError(f"initial_fisher covers {initial_fisher.d} weights, the prunable layers hold {d}")
     state: dict = {}
+    pending = [initial_fisher] if initial_fisher is not None else []  # used by iteration 1's projection
 
     def fisher_here(batch):
         X, y = batch
@@ -98,7 +104,7 @@ def iobs_global(
 
     def project(m, batch):
         reuse = state.get("batch") is batch
-        fisher = state["fisher"] if reuse else fisher_here(batch)
+        fisher = state["fisher"] if reuse else (pending.pop() if pending else fisher_here(batch))
         theta_plus = get_flat(params).to(fisher.A.dtype)
         mask, theta = state["projected"] if reuse else obs_projection(theta_plus, fisher, sparsity)
         state.clear()
