@@ -223,7 +223,9 @@ def test_nonfinite_weights_are_refused(ids):
     model = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.o_proj contain NaN/Inf"):
+    # Either the NaN weight itself (q_proj's W check) or the activations it poisons (o_proj's inputs)
+    # is named first, depending on how the installed transformers' attention propagates the NaN.
+    with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.(q_proj \(W .*|o_proj )contain.* NaN/Inf"):
         prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
     model = tiny_model("llama")
     with torch.no_grad():
