@@ -184,6 +184,8 @@ class _ProfiledLogistic(Objective):
     H_ww − H_wb H_bwᵀ/H_bb in low-rank form. b*(w) solves the 1-D problem by safeguarded Newton.
     """
 
+    has_lowrank_hessian = has_lipschitz = has_batch_grad = True
+
     def __init__(self, X: torch.Tensor, t: torch.Tensor, alpha: float):
         ones = torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)
         self.joint = Logistic(torch.cat([X, ones], dim=1), t)

@@ -1,9 +1,14 @@
 """Objectives f(θ) with value, gradient and Hessian, all consistently scaled.
 
 Common interface: ``.d``, ``.value(θ)``, ``.grad(θ)``, ``.hessian(θ)``, ``.to(device, dtype)``,
-plus ``.is_quadratic`` (Hessian independent of θ) and ``.hessian_factor(θ)`` returning (B, c) with
-∇²f(θ) = BᵀB + c·I when such a low-rank form is known (else None), which the solvers use when
-B has fewer rows than columns.
+plus ``.is_quadratic`` (Hessian independent of θ). Optional capabilities are declared by class
+attributes, never probed:
+
+* ``has_lowrank_hessian``: ``.hessian_factor(θ)`` returns (B, c) with ∇²f(θ) = BᵀB + c·I (the solvers
+  use it when B has fewer rows than columns);
+* ``has_lipschitz``: ``.lipschitz()`` bounds λ_max(∇²f);
+* ``has_batch_grad``: ``.n`` samples and ``.batch_grad(θ, rows)``, an unbiased mini-batch gradient;
+* ``least_squares``: f = ½‖Aθ − y‖² with ``.A``, ``.y``, ``.residual(θ)`` and ``.columns()``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class Objective:
 
     d: int
     is_quadratic = False
+    has_lowrank_hessian = False
+    has_lipschitz = False
+    has_batch_grad = False
+    least_squares = False
 
     def value(self, theta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -51,7 +60,7 @@ class Objective:
         raise NotImplementedError
 
     def hessian_factor(self, theta: torch.Tensor):
-        return None
+        raise NotImplementedError(f"{type(self).__name__} declares no low-rank Hessian factor")
 
     def to(self, device=None, dtype=None) -> Objective:
         return self
@@ -74,6 +83,7 @@ class LeastSquares(Objective):
     """f(θ) = ½‖Aθ − y‖²,  ∇f = Aᵀ(Aθ − y),  ∇²f = AᵀA  (no 1/n: gradient and Hessian agree)."""
 
     is_quadratic = True
+    has_lowrank_hessian = has_lipschitz = has_batch_grad = least_squares = True
 
     def __init__(self, A, y):
         self.A, self.y = _check_design(A, y)
@@ -148,6 +158,8 @@ class Logistic(Objective):
     f(θ) = (1/n) Σ_i [log(1 + exp(a_iᵀθ)) − y_i a_iᵀθ] + (l2/2)‖θ‖²,
     ∇f = Aᵀ(σ(Aθ) − y)/n + l2 θ,   ∇²f = Aᵀ diag(σ(1 − σ)) A / n + l2 I.
     """
+
+    has_lowrank_hessian = has_lipschitz = has_batch_grad = True
 
     def __init__(self, A, y, l2: float = 0.0):
         self.A, self.y = _check_design(A, y)
