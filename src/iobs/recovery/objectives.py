@@ -17,7 +17,7 @@ import torch
 
 from iobs._validate import check_finite, check_int_range
 
-__all__ = ["LeastSquares", "Logistic", "TorchObjective", "Objective"]
+__all__ = ["LeastSquares", "Logistic", "TorchObjective", "Objective", "DesignObjective"]
 
 
 def _check_design(A, y, name_A="A", name_y="y"):
@@ -79,7 +79,29 @@ class Objective:
         return theta
 
 
-class LeastSquares(Objective):
+class DesignObjective(Objective):
+    """An objective on a data matrix ``A`` (n, d): its dtype and device are A's, and ``to`` rebuilds it
+    around the moved A (``_with(A)``)."""
+
+    A: torch.Tensor
+
+    @property
+    def dtype(self):
+        return self.A.dtype
+
+    @property
+    def device(self):
+        return self.A.device
+
+    def to(self, device=None, dtype=None) -> DesignObjective:
+        A = self.A.to(device=device or self.A.device, dtype=dtype or self.A.dtype)
+        return self if A is self.A else self._with(A)
+
+    def _with(self, A: torch.Tensor) -> DesignObjective:
+        raise NotImplementedError
+
+
+class LeastSquares(DesignObjective):
     """f(θ) = ½‖Aθ − y‖²,  ∇f = Aᵀ(Aθ − y),  ∇²f = AᵀA  (no 1/n: gradient and Hessian agree)."""
 
     is_quadratic = True
@@ -90,18 +112,7 @@ class LeastSquares(Objective):
         self.n, self.d = self.A.shape
         self._columns = None
 
-    @property
-    def dtype(self):
-        return self.A.dtype
-
-    @property
-    def device(self):
-        return self.A.device
-
-    def to(self, device=None, dtype=None) -> LeastSquares:
-        A = self.A.to(device=device or self.A.device, dtype=dtype or self.A.dtype)
-        if A is self.A:
-            return self
+    def _with(self, A) -> LeastSquares:
         return LeastSquares(A, self.y.to(A))
 
     def residual(self, theta):
@@ -152,7 +163,7 @@ class LeastSquares(Objective):
         return float(torch.linalg.matrix_norm(self.A, ord=2)) ** 2
 
 
-class Logistic(Objective):
+class Logistic(DesignObjective):
     """Binary logistic regression, MEAN loss over the n samples, labels in {0, 1}:
 
     f(θ) = (1/n) Σ_i [log(1 + exp(a_iᵀθ)) − y_i a_iᵀθ] + (l2/2)‖θ‖²,
@@ -171,18 +182,7 @@ class Logistic(Objective):
         self.l2 = l2
         self.n, self.d = self.A.shape
 
-    @property
-    def dtype(self):
-        return self.A.dtype
-
-    @property
-    def device(self):
-        return self.A.device
-
-    def to(self, device=None, dtype=None) -> Logistic:
-        A = self.A.to(device=device or self.A.device, dtype=dtype or self.A.dtype)
-        if A is self.A:
-            return self
+    def _with(self, A) -> Logistic:
         return Logistic(A, self.y.to(A), self.l2)
 
     def value(self, theta):
