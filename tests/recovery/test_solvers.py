@@ -97,7 +97,7 @@ def test_exact_support_one_step_is_the_global_sparse_optimum():
 def test_kiht_objective_never_increases(step):
     obj, theta_star = gaussian_problem(50, 120, 6, seed=6)
     res = kiht(obj, 10, theta_star=theta_star, max_iter=150, step=step)
-    f = res.series("objective")
+    f = [h["objective"] for h in res.history]
     assert all(b <= a * (1 + 1e-12) + 1e-15 for a, b in zip(f, f[1:]))
     assert f[-1] < f[0]
     assert int((res.theta != 0).sum()) <= 10
@@ -159,7 +159,7 @@ def test_history_contract():
     assert h0["rel_distance"] == pytest.approx(1.0)
     assert res.history[-1]["objective"] == pytest.approx(float(obj.value(res.theta)))
     assert [h["iteration"] for h in res.history] == list(range(6))
-    times = res.series("time")
+    times = [h["time"] for h in res.history]
     assert all(b >= a for a, b in zip(times, times[1:]))
     first = solve(obj, 8, "kiht", max_iter=1)
     assert first.history[1]["support_changes"] == int(first.mask.sum())  # from θ0 = 0

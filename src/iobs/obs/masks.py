@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iobs._validate import check_k, check_sparsity, n_pruned, parse_nm
+from iobs._validate import check_k, parse_nm
 
 
 def keep_top(score: torch.Tensor, k) -> torch.Tensor:
@@ -41,22 +41,6 @@ def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 def hard_threshold(theta: torch.Tensor, k: int) -> torch.Tensor:
     """T_k(theta): keep the k entries of largest magnitude, zero the rest."""
     return theta * topk_mask(theta.abs(), k)
-
-
-def row_topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest scores in every row (last dim) independently."""
-    k = check_k(k, score.shape[-1])
-    return keep_top(score, k)
-
-
-def sparsity_mask(score: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
-    """Prune floor(s * n) lowest-score entries, over the whole tensor or in every row."""
-    s = check_sparsity(sparsity)
-    if per_row:
-        n = score.shape[-1]
-        return keep_top(score, n - n_pruned(s, n))
-    n = score.numel()
-    return keep_top(score.reshape(-1), n - n_pruned(s, n)).reshape(score.shape)
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

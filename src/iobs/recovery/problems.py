@@ -21,7 +21,7 @@ import torch
 
 from iobs._validate import check_finite, check_int_range, check_k
 
-__all__ = ["RecoveryProblem", "gaussian_prior", "mnist_prior", "phase_transition", "make_problem"]
+__all__ = ["RecoveryProblem", "gaussian_prior", "mnist_prior", "phase_transition"]
 
 
 @dataclass
@@ -57,18 +57,6 @@ class RecoveryProblem:
         return float(
             torch.linalg.vector_norm(theta - self.theta_star) / torch.linalg.vector_norm(self.theta_star)
         )
-
-    def config(self) -> dict:
-        """JSON-friendly description (no tensors)."""
-        return {
-            "name": self.name,
-            "n": self.n,
-            "d": self.d,
-            "k_star": self.k_star,
-            "seed": self.seed,
-            "noise_std": self.noise_std,
-            **self.meta,
-        }
 
 
 def _check_seed(seed) -> int:
@@ -191,15 +179,3 @@ def mnist_prior(
     A = _design(n, d, gen)
     meta = {"index": index if label is not None else None, "label": label, "shape": list(image.shape)}
     return _finish(A, theta, k_star, "mnist_prior", seed, noise_std, gen, device, dtype, meta)
-
-
-def make_problem(name: str, **kwargs) -> RecoveryProblem:
-    """Generator by name: "gaussian_prior", "mnist_prior" or "phase_transition"."""
-    gens = {
-        "gaussian_prior": gaussian_prior,
-        "mnist_prior": mnist_prior,
-        "phase_transition": phase_transition,
-    }
-    if name not in gens:
-        raise ValueError(f"name must be one of {sorted(gens)}, got {name!r}")
-    return gens[name](**kwargs)

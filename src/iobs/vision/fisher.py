@@ -143,10 +143,6 @@ class FisherBlocks:
     def d(self) -> int:
         return self.A.shape[1]
 
-    @property
-    def n(self) -> int:
-        return self.A.shape[0]
-
     def _blockwise(self, fn, v: torch.Tensor | None = None) -> torch.Tensor:
         like = self.A[0] if v is None else v
         out = torch.empty_like(like)
