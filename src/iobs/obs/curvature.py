@@ -13,11 +13,9 @@ Used by the recovery solvers, the OBS projection and the Fisher blocks.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from iobs.obs.damping import MAX_ESCALATIONS, cholesky_damped, escalate
+from iobs.obs.damping import cholesky_damped, escalate
 
 
 class Curvature:
@@ -41,12 +39,11 @@ class Curvature:
         lam: float = 0.0,
         *,
         name: str = "μI + BBᵀ",
-        scale: float | None = None,
-        max_escalations: int = MAX_ESCALATIONS,
-        level: int = logging.WARNING,
-        hint: str = "use damping > 0",
+        scale=None,
+        **policy,
     ) -> Curvature:
-        """BᵀB + (c + λ)I, λ escalated by the damping policy while μ = c + λ ≤ 0 or chol(K) fails."""
+        """BᵀB + (c + λ)I, λ escalated by the damping policy while μ = c + λ ≤ 0 or chol(K) fails
+        (``policy``: max_escalations, level, hint of ``escalate``)."""
         m, d = B.shape
         eye = torch.eye(m, dtype=B.dtype, device=B.device)
 
@@ -59,9 +56,7 @@ class Curvature:
 
         if scale is None:
             scale = max(float((B * B).sum()) / d, 1e-300)
-        L, lam = escalate(
-            attempt, lam, scale, name=name, max_escalations=max_escalations, level=level, hint=hint
-        )
+        L, lam = escalate(attempt, lam, scale, name=name, **policy)
         return cls(L, B=B, mu=c + lam, lam=lam)
 
     @classmethod

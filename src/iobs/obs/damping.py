@@ -50,8 +50,12 @@ def escalate(
             break
         new = lam * 10 if lam > 0 else FIRST_DAMPING * scale
         logger.log(
-            level, "%s: Cholesky failed at damping %.3g (%.3g x scale); retrying with %.3g", name, lam,
-            lam / scale, new,
+            level,
+            "%s: Cholesky failed at damping %.3g (%.3g x scale); retrying with %.3g",
+            name,
+            lam,
+            lam / scale,
+            new,
         )
         lam = new
     after = f" after {max_escalations} escalations (x10 each)" if max_escalations else ""

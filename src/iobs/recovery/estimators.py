@@ -235,10 +235,6 @@ class _ProfiledLogistic(DesignObjective):
         c_hat = c / torch.linalg.vector_norm(c).clamp_min(1e-300)
         return B - torch.outer(c_hat, c_hat @ B), self.alpha
 
-    def hessian(self, w):
-        B, a = self.hessian_factor(w)
-        return B.T @ B + a * torch.eye(self.d, dtype=B.dtype, device=B.device)
-
     def batch_grad(self, w, rows):
         """Mini-batch estimate of ∇f with the full-data intercept b*(w)."""
         Xb = self.A[rows]

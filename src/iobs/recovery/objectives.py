@@ -57,7 +57,9 @@ class Objective:
         raise NotImplementedError
 
     def hessian(self, theta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """BᵀB + cI from the low-rank factor (objectives without one define their own)."""
+        B, c = self.hessian_factor(theta)
+        return B.T @ B + c * torch.eye(self.d, dtype=B.dtype, device=B.device)
 
     def hessian_factor(self, theta: torch.Tensor):
         raise NotImplementedError(f"{type(self).__name__} declares no low-rank Hessian factor")
@@ -192,10 +194,6 @@ class Logistic(DesignObjective):
     def grad(self, theta):
         p = torch.sigmoid(self.A @ self._check_theta(theta))
         return self.A.T @ (p - self.y) / self.n + self.l2 * theta
-
-    def hessian(self, theta):
-        B, c = self.hessian_factor(theta)
-        return B.T @ B + c * torch.eye(self.d, dtype=self.A.dtype, device=self.A.device)
 
     def hessian_factor(self, theta):
         p = torch.sigmoid(self.A @ self._check_theta(theta))

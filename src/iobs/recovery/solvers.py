@@ -59,6 +59,8 @@ from iobs.utils import resolve_device
 #: H counts as numerically PD when min(diag L)² ≥ PD_RTOL · max(diag H) for its Cholesky factor L
 PD_RTOL = 1e-12
 SUPPORTS = ("greedy", "topk", "exact")
+#: the registry: name -> Solver (filled as the solvers are defined below)
+SOLVERS: dict[str, Solver] = {}
 
 __all__ = [
     "SOLVERS",
@@ -114,12 +116,13 @@ class Problem:
 
 
 class Solver:
-    """A registered solver: ``start(problem, **options) -> Plan`` with its ``defaults`` (the options it
-    accepts, and ``max_iter``). Calling it runs :func:`_iterate`."""
+    """A solver registered in ``SOLVERS`` under ``name``: ``start(problem, **options) -> Plan`` with its
+    ``defaults`` (the options it accepts, and ``max_iter``). Calling it runs :func:`_iterate`."""
 
     def __init__(self, name: str, start, doc: str, max_iter: int = 100, **defaults):
         self.name, self.start, self.max_iter, self.defaults = name, start, max_iter, defaults
         self.__doc__ = doc
+        SOLVERS[name] = self
 
     def __call__(
         self,
@@ -145,9 +148,6 @@ class Solver:
         )
         plan = self.start(Problem(objective, k, theta, damping, seed, tol), **{**self.defaults, **options})
         return _iterate(plan, objective, theta, theta_star, max_iter, tol, self.name)
-
-    def __repr__(self) -> str:
-        return f"Solver({self.name!r}, max_iter={self.max_iter}, {self.defaults})"
 
 
 def _iterate(plan: Plan, objective, theta, theta_star, max_iter: int, tol: float, name: str):
@@ -703,6 +703,17 @@ kiht = Solver(
     """,
     step="1/L",
 )
+htp = Solver(
+    "htp",
+    _htp,
+    """Hard thresholding pursuit (Foucart 2011): S = supp T_k(θ − η∇f(θ)), θ = argmin_{supp ⊆ S} f.
+
+    ``step="normalized"`` (default; NHTP): η = ‖g_Γ‖²/(g_Γᵀ H g_Γ) on Γ = supp θ (supp T_k(g) at
+    θ = 0); ``"1/L"``: η = 1/λ_max(H); a number: that η (Foucart's HTP uses 1 for unit-norm columns).
+    Converged when S repeats (the classic stopping rule) or the relative step is below tol.
+    """,
+    step="normalized",
+)
 topk_iobs = Solver(
     "topk-iobs",
     lambda p: _newton(p, None),
@@ -770,17 +781,6 @@ stochastic_iobs = Solver(
     batch_size=None,
     lam=None,
 )
-htp = Solver(
-    "htp",
-    _htp,
-    """Hard thresholding pursuit (Foucart 2011): S = supp T_k(θ − η∇f(θ)), θ = argmin_{supp ⊆ S} f.
-
-    ``step="normalized"`` (default; NHTP): η = ‖g_Γ‖²/(g_Γᵀ H g_Γ) on Γ = supp θ (supp T_k(g) at
-    θ = 0); ``"1/L"``: η = 1/λ_max(H); a number: that η (Foucart's HTP uses 1 for unit-norm columns).
-    Converged when S repeats (the classic stopping rule) or the relative step is below tol.
-    """,
-    step="normalized",
-)
 cosamp = Solver(
     "cosamp",
     _cosamp,
@@ -796,21 +796,6 @@ subspace_pursuit = Solver(
     T = supp T_k(b), θ = argmin_{supp ⊆ T} f; stop when the objective no longer decreases (keeping the
     better iterate) or the relative step is below tol. Starts from the fit on top-k |∇f(θ0)|.""",
 )
-
-SOLVERS: dict[str, Solver] = {
-    s.name: s
-    for s in (
-        kiht,
-        htp,
-        topk_iobs,
-        iobs,
-        restricted_iobs,
-        restricted_topk_iobs,
-        stochastic_iobs,
-        cosamp,
-        subspace_pursuit,
-    )
-}
 
 
 def solve(objective, k, solver="iobs", *, max_iter=None, **kwargs) -> RecoveryResult:

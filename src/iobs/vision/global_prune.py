@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from iobs._validate import check_sparsity, n_pruned
-from iobs.obs.masks import topk_mask
+from iobs.obs.masks import keep_top
 from iobs.obs.projection import project
 from iobs.vision.fisher import FisherBlocks
 
@@ -53,10 +53,7 @@ def n_kept(d: int, sparsity: float) -> int:
 
 def keep_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep the d − floor(s·d) largest scores (all pruned when that is 0)."""
-    k = n_kept(score.numel(), sparsity)
-    if k == 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    return topk_mask(score, k)
+    return keep_top(score, n_kept(score.numel(), sparsity))
 
 
 def global_magnitude(theta0: torch.Tensor, sparsity: float) -> GlobalResult:
