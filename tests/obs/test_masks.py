@@ -95,3 +95,18 @@ def test_check_nm_detects_violations():
 def test_nm_mask_errors(n, m, match):
     with pytest.raises(ValueError, match=match):
         nm_mask(torch.ones(2, 8), n, m)
+
+
+@pytest.mark.parametrize("n", [6, 40])
+def test_keep_top_sort_and_selection_paths_agree_under_heavy_ties(n, monkeypatch):
+    import iobs.obs.masks as masks
+
+    g = torch.Generator().manual_seed(n)
+    score = torch.randint(0, 3, (5, n), generator=g).double()
+    for k in range(n + 1):
+        by_sort = keep_top(score, k)
+        monkeypatch.setattr(masks, "SORT_MAX", 0)
+        by_selection = keep_top(score, k)
+        monkeypatch.setattr(masks, "SORT_MAX", 10**9)
+        by_rank = keep_top(score, torch.full((5,), k))
+        assert torch.equal(by_sort, by_selection) and torch.equal(by_sort, by_rank)

@@ -6,12 +6,18 @@ import torch
 
 from iobs._validate import check_k, parse_nm
 
+#: rows up to this length are ranked by a stable sort, longer ones by a selection
+SORT_MAX = 1024
+
 
 def keep_top(score: torch.Tensor, k) -> torch.Tensor:
     """The one top-k kernel: mask keeping the ``k`` largest scores along the last dim; ``k`` an int or a
-    tensor of per-row counts (0 up to the row length). Ties keep the lower index. An int ``k`` takes a
-    selection (kthvalue, O(n)) instead of a sort."""
+    tensor of per-row counts (0 up to the row length). Ties keep the lower index. An int ``k`` on rows
+    longer than ``SORT_MAX`` takes a selection (kthvalue, O(n)) instead of a stable sort (same mask)."""
     n = score.shape[-1]
+    if not torch.is_tensor(k) and n <= SORT_MAX and 0 < k < n:  # short rows: one sort is faster
+        order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :k]
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, order, True)
     if torch.is_tensor(k):
         order = torch.sort(score, dim=-1, descending=True, stable=True).indices
         ranks = torch.empty_like(order)
