@@ -31,14 +31,8 @@ EXACT_MAX_SUPPORTS = 200_000
 
 
 # ----------------------------------------------------------------------------------------------
-# small linear-algebra helpers
+# input checks
 # ----------------------------------------------------------------------------------------------
-def spd_inverse(H: torch.Tensor, name: str = "H") -> torch.Tensor:
-    """H⁻¹ for SPD H via Cholesky (symmetric result)."""
-    Hinv = torch.cholesky_inverse(cholesky_or_raise(H, name))
-    return 0.5 * (Hinv + Hinv.transpose(-1, -2))
-
-
 def _as_rows(theta: torch.Tensor, mask: torch.Tensor | None, d: int):
     if theta.dim() not in (1, 2):
         raise ValueError(f"theta_plus must have shape (d,) or (r, d), got {tuple(theta.shape)}")
@@ -289,7 +283,7 @@ def greedy_obs_lowrank(
     if n_keep > k:
         idx = keep.nonzero().squeeze(1)
         AR = A[:, idx]
-        Hinv = spd_inverse(AR.T @ AR + lam * torch.eye(len(idx), dtype=A.dtype, device=A.device), "H_RR")
+        Hinv = Curvature.dense(AR.T @ AR, lam, name="H_RR", max_escalations=0).inverse()
         _, sub_mask = greedy_obs(theta[idx], Hinv, n_prune=n_keep - k)
         keep = torch.zeros_like(keep)
         keep[idx[sub_mask]] = True
@@ -300,12 +294,11 @@ def _remove_while_wide(theta: torch.Tensor, A: torch.Tensor, lam: float, stop: i
     """The n×n phase of ``greedy_obs_lowrank``: remove from θ (in place) down to ``stop`` entries; returns
     the kept mask."""
     n, d = A.shape
-    eye_n = torch.eye(n, dtype=A.dtype, device=A.device)
     At = A.T.contiguous()
 
     def fresh(keepf):
         AR = A * keepf  # zero columns outside R
-        Kinv = spd_inverse(AR @ AR.T + lam * eye_n, "λI + A_R A_Rᵀ")
+        Kinv = Curvature.dense(AR @ AR.T, lam, name="λI + A_R A_Rᵀ", max_escalations=0).inverse()
         return Kinv, 1.0 - ((Kinv @ A) * A).sum(0)  # K⁻¹ and the gaps 1 − ℓ_j
 
     keepf = torch.ones(d, dtype=A.dtype, device=A.device)
