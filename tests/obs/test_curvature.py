@@ -49,7 +49,7 @@ def test_lowrank_without_damping_escalates_logged_or_fails_clearly(caplog):
         op = Curvature.lowrank(B, 0.0, 0.0, name="H_test", level=logging.INFO)
     assert op.lam == pytest.approx(1e-6 * float((B * B).sum()) / 8) and op.mu == op.lam
     assert any("H_test" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ValueError, match="H_test is not positive definite with damping=0"):
+    with pytest.raises(ValueError, match="H_test: Cholesky failed, not positive definite with damping=0"):
         Curvature.lowrank(B, 0.0, 0.0, name="H_test", max_escalations=0)
     assert Curvature.lowrank(B, 0.5).mu == 0.5  # c > 0: no damping needed
 

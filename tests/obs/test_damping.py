@@ -39,7 +39,7 @@ def test_cholesky_damped_escalates_logged_and_names_the_matrix(caplog):
     assert lam == pytest.approx(0.1) and len(caplog.records) == 2
     assert all("F_b" in r.getMessage() for r in caplog.records)
     torch.testing.assert_close(L @ L.T, H + lam * torch.eye(2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="F_b is not positive definite with damping=0.001"):
+    with pytest.raises(ValueError, match="F_b: Cholesky failed, not positive definite with damping=0.001"):
         cholesky_damped(H, 1e-3, name="F_b", max_escalations=0)
 
 
@@ -53,7 +53,7 @@ def test_cholesky_damped_from_zero_starts_at_a_fraction_of_the_scale_and_accept_
 
 def test_escalate_raises_after_the_last_escalation():
     tried = []
-    with pytest.raises(ValueError, match=r"M is not positive definite.*after 2 escalations"):
+    with pytest.raises(ValueError, match=r"M: Cholesky failed.*after 2 escalations"):
         escalate(lambda lam: tried.append(lam), 1.0, 1.0, name="M", max_escalations=2)
     assert tried == [1.0, 10.0, 100.0]
 

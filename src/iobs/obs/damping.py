@@ -60,24 +60,15 @@ def escalate(
         lam = new
     after = f" after {max_escalations} escalations (x10 each)" if max_escalations else ""
     raise ValueError(
-        f"{name} is not positive definite with damping={lam:.3g} (Cholesky failed) "
-        f"({lam / scale:.3g} x scale){after}; {hint}"
+        f"{name}: Cholesky failed, not positive definite with damping={lam:.3g} ({lam / scale:.3g} x scale)"
+        f"{after}; {hint}"
     )
 
 
-def cholesky_damped(
-    M: torch.Tensor,
-    lam: float,
-    *,
-    name: str,
-    scale: float | None = None,
-    max_escalations: int = MAX_ESCALATIONS,
-    level: int = logging.WARNING,
-    hint: str = "the matrix is not positive semidefinite or is badly scaled",
-    accept: Callable[[torch.Tensor], bool] | None = None,
-):
+def cholesky_damped(M: torch.Tensor, lam: float, *, name: str, scale=None, accept=None, **policy):
     """Lower Cholesky factor of M + λI under the policy (λ = 0: M itself); returns (L, λ used).
-    ``accept(L)`` may reject the factor of M itself (λ = 0) that succeeded but is numerically singular."""
+    ``scale`` defaults to mean(diag M); ``accept(L)`` may reject the factor of M itself (λ = 0) that
+    succeeded but is numerically singular; ``policy``: max_escalations, level, hint of ``escalate``."""
     if scale is None:
         scale = max(float(M.diagonal().mean()), 1e-300) if M.numel() else 1.0
 
@@ -86,7 +77,7 @@ def cholesky_damped(
         L, info = torch.linalg.cholesky_ex(A)
         return L if int(info) == 0 and (accept is None or lam > 0 or accept(L)) else None
 
-    return escalate(attempt, lam, scale, name=name, max_escalations=max_escalations, level=level, hint=hint)
+    return escalate(attempt, lam, scale, name=name, **policy)
 
 
 def cholesky_or_raise(M: torch.Tensor, name: str = "H") -> torch.Tensor:

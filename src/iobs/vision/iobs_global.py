@@ -72,7 +72,7 @@ def iobs_global(
     if initial_fisher is not None and initial_fisher.d != d:
         raise ValueError(f"initial_fisher covers {initial_fisher.d} weights, the prunable layers hold {d}")
     steps = _Steps(model, params, sparsity, (block_size, damping, absolute_damping), lr, line_search)
-    steps.pending = [initial_fisher] if initial_fisher is not None else []
+    steps.pending = [initial_fisher] if initial_fisher is not None else []  # for iteration 1's projection
     return run_iobs(
         model,
         iterations=iterations,
@@ -96,7 +96,7 @@ class _Steps:
         self.model, self.params, self.sparsity = model, params, sparsity
         self.fisher_args, self.lr, self.line_search = fisher_args, lr, line_search
         self.d = sum(p.numel() for p in params.values())
-        self.state: dict = {}
+        self.state: dict = {}  # batch, Fisher and projected point of the last dense step
         self.pending: list[FisherBlocks] = []
 
     def fisher(self, batch) -> FisherBlocks:
@@ -128,16 +128,12 @@ class _Steps:
         }
 
     def project(self, m, batch):
-        reuse = self.state.get("batch") is batch
-        if reuse:
-            fisher = self.state["fisher"]
+        if self.state.get("batch") is batch:  # right after the dense step on this batch
+            fisher, projected = self.state["fisher"], self.state["projected"]
         else:
-            fisher = self.pending.pop() if self.pending else self.fisher(batch)
+            fisher, projected = (self.pending.pop() if self.pending else self.fisher(batch)), None
         theta_plus = get_flat(self.params).to(fisher.A.dtype)
-        if reuse:
-            mask, theta = self.state["projected"]
-        else:
-            mask, theta = obs_projection(theta_plus, fisher, self.sparsity)
+        mask, theta = projected or obs_projection(theta_plus, fisher, self.sparsity)
         self.state.clear()
         set_flat(self.params, theta)
         err = fisher.quadratic(theta, theta_plus, use_grad=False) * 2.0
