@@ -3,17 +3,59 @@ import logging
 import pytest
 import torch
 
-from iobs.obs.damping import damped, damped_inverse, dead_inputs, inverse_cholesky, upper_triangular_inverse
+from iobs.obs.damping import (
+    cholesky_damped,
+    damped_inverse,
+    escalate,
+    inverse_cholesky,
+    upper_triangular_inverse,
+)
 
 
-def test_damped_adds_fraction_of_mean_diagonal_and_fixes_dead_inputs():
+def damped(H, percdamp):
+    """Reference: H with dead diagonal entries set to 1, plus λI, λ = percdamp·mean(diag)."""
+    Hd = H.clone()
+    diag = torch.diagonal(Hd)
+    diag[diag == 0] = 1
+    lam = float(percdamp) * float(diag.mean())
+    diag += lam
+    return Hd, lam
+
+
+def test_damping_adds_fraction_of_mean_diagonal_and_fixes_dead_inputs():
     H = torch.diag(torch.tensor([4.0, 0.0, 2.0], dtype=torch.float64))
-    Hd, lam = damped(H, 0.1)
+    Hinv, lam = damped_inverse(H, 0.1)
     # dead entry set to 1 first, then λ = 0.1·mean(4, 1, 2)
     assert lam == pytest.approx(0.1 * 7 / 3)
-    torch.testing.assert_close(Hd.diagonal(), torch.tensor([4.0, 1.0, 2.0], dtype=torch.float64) + lam)
+    expected = 1 / (torch.tensor([4.0, 1.0, 2.0], dtype=torch.float64) + lam)
+    torch.testing.assert_close(Hinv, torch.diag(expected))
     assert H[1, 1] == 0  # input untouched
-    assert dead_inputs(H).tolist() == [False, True, False]
+
+
+def test_cholesky_damped_escalates_logged_and_names_the_matrix(caplog):
+    H = torch.tensor([[1.0, 1.05], [1.05, 1.0]], dtype=torch.float64)  # eigenvalue -0.05
+    with caplog.at_level(logging.WARNING, logger="iobs.obs.damping"):
+        L, lam = cholesky_damped(H, 1e-3, name="F_b")
+    assert lam == pytest.approx(0.1) and len(caplog.records) == 2
+    assert all("F_b" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(L @ L.T, H + lam * torch.eye(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="F_b: Cholesky failed, not positive definite with damping=0.001"):
+        cholesky_damped(H, 1e-3, name="F_b", max_escalations=0)
+
+
+def test_cholesky_damped_from_zero_starts_at_a_fraction_of_the_scale_and_accept_rejects_at_zero():
+    H = torch.ones(3, 3, dtype=torch.float64)  # rank 1
+    L, lam = cholesky_damped(H, 0.0, name="H", scale=2.0)
+    assert lam == pytest.approx(2e-6)
+    L, lam = cholesky_damped(torch.eye(2, dtype=torch.float64), 0.0, name="I", accept=lambda L: False)
+    assert lam == pytest.approx(1e-6)  # the λ = 0 factor was rejected, the damped one accepted
+
+
+def test_escalate_raises_after_the_last_escalation():
+    tried = []
+    with pytest.raises(ValueError, match=r"M: Cholesky failed.*after 2 escalations"):
+        escalate(lambda lam: tried.append(lam), 1.0, 1.0, name="M", max_escalations=2)
+    assert tried == [1.0, 10.0, 100.0]
 
 
 def test_inverse_cholesky_factors_the_damped_inverse():

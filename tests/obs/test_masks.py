@@ -5,14 +5,15 @@ import itertools
 import pytest
 import torch
 
+from iobs.obs.layer import prune_layer
 from iobs.obs.masks import (
     check_nm,
     hard_threshold,
+    keep_top,
     nm_mask,
-    row_topk_mask,
-    sparsity_mask,
     topk_mask,
 )
+from iobs.obs.scores import score_mask
 
 
 def test_topk_mask_is_the_best_support():
@@ -41,32 +42,32 @@ def test_topk_bad_k(k):
         topk_mask(torch.ones(7), k)
 
 
-def test_row_topk_mask_counts():
+def test_keep_top_row_counts():
     g = torch.Generator().manual_seed(1)
     score = torch.randn(5, 9, generator=g)
-    mask = row_topk_mask(score, 4)
+    mask = keep_top(score, 4)
     assert (mask.sum(1) == 4).all()
     for r in range(5):
         assert score[r][mask[r]].min() >= score[r][~mask[r]].max()
 
 
 @pytest.mark.parametrize("s", [0.0, 0.1, 0.29, 0.5, 0.99])
-def test_sparsity_mask_exact_counts(s):
+def test_sparsity_budget_exact_counts(s):
     g = torch.Generator().manual_seed(2)
     score = torch.randn(10, 10, generator=g)
-    assert int((~sparsity_mask(score, s)).sum()) == int(s * 100 + 1e-9)
-    assert ((~sparsity_mask(score, s, per_row=True)).sum(1) == int(s * 10 + 1e-9)).all()
+    assert int((~score_mask(score, s)).sum()) == int(s * 100 + 1e-9)
+    assert ((~score_mask(score, s, per_row=True)).sum(1) == int(s * 10 + 1e-9)).all()
 
 
-def test_sparsity_mask_floor_is_robust_to_float_error():
+def test_sparsity_budget_floor_is_robust_to_float_error():
     # 0.29 * 100 = 28.999999999999996 in floating point: still 29 pruned
-    assert int((~sparsity_mask(torch.arange(100.0), 0.29)).sum()) == 29
+    assert int((~score_mask(torch.arange(100.0).reshape(1, 100), 0.29)).sum()) == 29
 
 
 @pytest.mark.parametrize("s", [1.0, -0.01, float("inf")])
-def test_sparsity_mask_rejects_bad_sparsity(s):
+def test_bad_sparsity_is_rejected(s):
     with pytest.raises(ValueError, match="sparsity"):
-        sparsity_mask(torch.ones(4), s)
+        prune_layer(torch.ones(2, 4), torch.eye(4), "magnitude", sparsity=s)
 
 
 @pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4), (1, 2)])
@@ -94,3 +95,18 @@ def test_check_nm_detects_violations():
 def test_nm_mask_errors(n, m, match):
     with pytest.raises(ValueError, match=match):
         nm_mask(torch.ones(2, 8), n, m)
+
+
+@pytest.mark.parametrize("n", [6, 40])
+def test_keep_top_sort_and_selection_paths_agree_under_heavy_ties(n, monkeypatch):
+    import iobs.obs.masks as masks
+
+    g = torch.Generator().manual_seed(n)
+    score = torch.randint(0, 3, (5, n), generator=g).double()
+    for k in range(n + 1):
+        by_sort = keep_top(score, k)
+        monkeypatch.setattr(masks, "SORT_MAX", 0)
+        by_selection = keep_top(score, k)
+        monkeypatch.setattr(masks, "SORT_MAX", 10**9)
+        by_rank = keep_top(score, torch.full((5,), k))
+        assert torch.equal(by_sort, by_selection) and torch.equal(by_sort, by_rank)

@@ -3,9 +3,8 @@ import itertools
 import pytest
 import torch
 
-from iobs.obs.masks import check_nm
+from iobs.obs.masks import check_nm, keep_top
 from iobs.obs.scores import (
-    keep_top,
     magnitude_mask,
     row_budgets,
     score_mask,

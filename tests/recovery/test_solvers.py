@@ -97,7 +97,7 @@ def test_exact_support_one_step_is_the_global_sparse_optimum():
 def test_kiht_objective_never_increases(step):
     obj, theta_star = gaussian_problem(50, 120, 6, seed=6)
     res = kiht(obj, 10, theta_star=theta_star, max_iter=150, step=step)
-    f = res.series("objective")
+    f = [h["objective"] for h in res.history]
     assert all(b <= a * (1 + 1e-12) + 1e-15 for a, b in zip(f, f[1:]))
     assert f[-1] < f[0]
     assert int((res.theta != 0).sum()) <= 10
@@ -159,7 +159,7 @@ def test_history_contract():
     assert h0["rel_distance"] == pytest.approx(1.0)
     assert res.history[-1]["objective"] == pytest.approx(float(obj.value(res.theta)))
     assert [h["iteration"] for h in res.history] == list(range(6))
-    times = res.series("time")
+    times = [h["time"] for h in res.history]
     assert all(b >= a for a, b in zip(times, times[1:]))
     first = solve(obj, 8, "kiht", max_iter=1)
     assert first.history[1]["support_changes"] == int(first.mask.sum())  # from θ0 = 0
@@ -284,3 +284,20 @@ def test_restricted_warm_start_with_more_entries_than_samples():
     assert res.history[-1]["objective"] < 1e-8 * res.history[0]["objective"]
     with pytest.raises(ValueError, match="not positive definite"):
         restricted_iobs(obj, 40, theta0=theta0, damping=0.0)
+
+
+def test_solve_uses_each_solvers_own_max_iter_default():
+    """solve(max_iter=None) runs a solver with its registered default (restricted forms: 200), the same as
+    calling the solver directly; unknown options are a TypeError naming them."""
+    assert SOLVERS["restricted-iobs"].max_iter == 200 and SOLVERS["restricted-topk-iobs"].max_iter == 200
+    assert all(SOLVERS[name].max_iter == 100 for name in ALL if not name.startswith("restricted"))
+    obj, _ = gaussian_problem(20, 40, 4, seed=5)
+    for name in ALL:
+        direct, via = SOLVERS[name](obj, 4, tol=0.0), solve(obj, 4, name, tol=0.0)
+        assert direct.n_iter == via.n_iter and torch.equal(direct.theta, via.theta), name
+    res = solve(obj, 4, "kiht", tol=0.0)
+    assert res.n_iter == 100 and not res.converged
+    with pytest.raises(TypeError, match="unexpected options \\['supprt'\\]"):
+        solve(obj, 4, "iobs", supprt="topk")
+    with pytest.raises(TypeError, match="unexpected options"):
+        solve(obj, 4, "restricted-topk-iobs", support="topk")

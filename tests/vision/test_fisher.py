@@ -13,7 +13,6 @@ from iobs.vision.fisher import (
     make_blocks,
     per_sample_grads,
     prunable_weights,
-    woodbury_inverse,
 )
 from iobs.vision.global_prune import (
     cbs,
@@ -47,8 +46,8 @@ def test_dense_and_woodbury_forms_are_the_same_matrix(n):
     Fw, G = _fisher(n=n, sizes=(24, 13), block=10, dense=False)
     Fd, _ = _fisher(n=n, sizes=(24, 13), block=10, dense=True)
     Fa, _ = _fisher(n=n, sizes=(24, 13), block=10)  # automatic: dense where n >= B
-    assert [f is not None for f in Fa.Fb] == [n >= e - s for s, e in Fa.blocks]
-    assert all(f is None for f in Fw.Fb) and all(f is not None for f in Fd.Fb)
+    assert [not op.lowrank_form for op in Fa.ops] == [n >= e - s for s, e in Fa.blocks]
+    assert all(op.lowrank_form for op in Fw.ops) and not any(op.lowrank_form for op in Fd.ops)
     g = torch.Generator().manual_seed(n)
     v = torch.randn(Fw.d, generator=g, dtype=torch.float64)
     theta = torch.randn(Fw.d, generator=g, dtype=torch.float64)
@@ -58,8 +57,8 @@ def test_dense_and_woodbury_forms_are_the_same_matrix(n):
         assert torch.allclose(F.inv_mv(v), Fw.inv_mv(v), rtol=1e-8, atol=1e-10)
         assert torch.allclose(F.mv(v), Fw.mv(v), rtol=1e-10, atol=1e-12)
         for b in range(len(F.blocks)):
-            assert torch.allclose(F.dense_block(b), Fw.dense_block(b), atol=1e-12)
-            assert torch.allclose(F.inverse_block(b), Fw.inverse_block(b), rtol=1e-7, atol=1e-9)
+            assert torch.allclose(F.ops[b].to_dense(), Fw.ops[b].to_dense(), atol=1e-12)
+            assert torch.allclose(F.ops[b].inverse(), Fw.ops[b].inverse(), rtol=1e-7, atol=1e-9)
         for i in (0, 11, 30):
             b = int(F.block_of()[i])
             assert torch.allclose(F.column(i, b), Fw.column(i, b), atol=1e-12)
@@ -87,19 +86,23 @@ def test_woodbury_inverse_equals_explicit_inverse():
     assert F.blocks == [(0, 5), (5, 10), (10, 12), (12, 17), (17, 21)]
     for b, (s, e) in enumerate(F.blocks):
         explicit = F.lam[b] * torch.eye(e - s, dtype=torch.float64) + G[:, s:e].T @ G[:, s:e] / G.shape[0]
-        assert torch.allclose(F.dense_block(b), explicit, atol=1e-12)
+        assert torch.allclose(F.ops[b].to_dense(), explicit, atol=1e-12)
         inv = torch.linalg.inv(explicit)
-        assert torch.allclose(F.inverse_block(b), inv, atol=1e-9)
+        assert torch.allclose(F.ops[b].inverse(), inv, atol=1e-9)
         assert torch.allclose(F.inv_diag()[s:e], inv.diagonal(), atol=1e-9)
     v = torch.randn(F.d, dtype=torch.float64)
     assert torch.allclose(F.mv(F.inv_mv(v)), v, atol=1e-9)
     # relative damping: λ_b = damping · mean(diag AᵀA) of the block
     s, e = F.blocks[0]
     assert float(F.lam[0]) == pytest.approx(0.1 * float((G[:, s:e] ** 2).sum()) / G.shape[0] / (e - s))
-    # n > B: still the same inverse
+    # n > B: still the same inverse (held in the dense form, Woodbury form forced)
+    from iobs.obs.curvature import Curvature
+
     A = torch.randn(30, 4, dtype=torch.float64)
     assert torch.allclose(
-        woodbury_inverse(A, 0.3), torch.linalg.inv(A.T @ A + 0.3 * torch.eye(4)), atol=1e-10
+        Curvature.from_factor(A, 0.3, dense=False).inverse(),
+        torch.linalg.inv(A.T @ A + 0.3 * torch.eye(4, dtype=torch.float64)),
+        atol=1e-10,
     )
 
 
@@ -107,7 +110,7 @@ def test_woodfisher_single_removal_is_the_obs_formula():
     F, _ = _fisher(sizes=(7,), block=7)
     theta = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     res = woodfisher(theta, F, sparsity=1 / 7 + 1e-9)  # floor(s·7) = 1 weight removed
-    Finv = torch.linalg.inv(F.dense_block(0))
+    Finv = torch.linalg.inv(F.ops[0].to_dense())
     q = int(torch.argmin(theta**2 / Finv.diagonal()))
     expected = theta - theta[q] / Finv[q, q] * Finv[:, q]
     assert (~res.mask).nonzero().flatten().tolist() == [q]
@@ -134,7 +137,7 @@ def test_obs_update_minimises_the_quadratic_on_its_support():
     theta = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)
     out = obs_update(theta, F, mask)
-    H = F.dense_block(0)
+    H = F.ops[0].to_dense()
     Q = mask.nonzero().flatten()
     ref = torch.zeros(10, dtype=torch.float64)  # min over θ_Q of (θ−θ⁺)ᵀH(θ−θ⁺): H_QQ θ_Q = (Hθ⁺)_Q
     ref[Q] = torch.linalg.solve(H[Q][:, Q], (H @ theta)[Q])

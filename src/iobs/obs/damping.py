@@ -1,23 +1,23 @@
-"""Damping of a layer Hessian and the factorisations of its inverse that the OBS solvers use.
+"""The one damping policy: Cholesky of H + λI, escalating λ when it fails, logged, never silent.
 
-H = X Xᵀ (d_in × d_in) is positive semidefinite and often singular (few tokens, dead inputs).
-The solvers work with the damped Hessian
+Every factorisation of a damped curvature matrix in the package goes through :func:`escalate`: it tries
+the factorisation at λ; when that fails, λ is multiplied by 10 (from λ = 0: set to 1e-6 · scale) and the
+step is logged, up to ``max_escalations`` times; after that a ValueError names the matrix. The starting λ
+is each caller's own rule (kept as it was):
 
-    H_λ = H + λ I,   λ = percdamp · mean(diag H)            (SparseGPT's rule, percdamp = 0.01)
-
-Dead inputs (H_jj == 0: input feature j is zero on every calibration token) are treated as SparseGPT
-treats them: H_jj := 1 before damping, and the solvers zero W[:, j]. That costs nothing on the
-calibration data (those inputs are always zero) and decouples j from every other input, so it
-cannot disturb the other columns.
-
-When the Cholesky factorisation of H_λ (or of its inverse) fails, λ is multiplied by 10 and the step
-is logged at WARNING level, up to ``max_escalations`` times; after that a ValueError names the layer.
-There is no silent fallback.
+* layer Hessians (SparseGPT, OBC): H = X Xᵀ (d_in × d_in), λ = percdamp · mean(diag H) (percdamp = 0.01);
+  dead inputs (H_jj == 0: input j is zero on every calibration token) are treated as SparseGPT treats
+  them: H_jj := 1 before damping, and the solvers zero W[:, j] (free on the calibration data, and it
+  decouples j from every other input);
+* recovery solvers: a fixed λ given by the user (no escalation: an error), or "auto" (λ = 0 when H is
+  numerically positive definite, else 1e-6 · mean(diag H));
+* Fisher blocks and the Newton dense step: λ = damping · mean(diag), absolute when that mean is 0.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -26,21 +26,70 @@ from iobs._validate import check_finite
 logger = logging.getLogger(__name__)
 
 MAX_ESCALATIONS = 6
+#: first λ tried after λ = 0 fails, as a fraction of the matrix scale
+FIRST_DAMPING = 1e-6
 
 
-def dead_inputs(H: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of dead inputs: diag(H) == 0."""
-    return torch.diagonal(H) == 0
+def escalate(
+    attempt: Callable[[float], torch.Tensor | None],
+    lam: float,
+    scale: float,
+    *,
+    name: str,
+    max_escalations: int = MAX_ESCALATIONS,
+    level: int = logging.WARNING,
+    hint: str = "the matrix is not positive semidefinite or is badly scaled",
+):
+    """Run ``attempt(λ)`` (a factor, or None when the factorisation failed) with escalating λ; return
+    (factor, λ used). ``scale`` (e.g. mean(diag H)) sets the first λ after 0 and the logged ratios."""
+    for step in range(max_escalations + 1):
+        out = attempt(lam)
+        if out is not None:
+            return out, lam
+        if step == max_escalations:
+            break
+        new = lam * 10 if lam > 0 else FIRST_DAMPING * scale
+        logger.log(
+            level,
+            "%s: Cholesky failed at damping %.3g (%.3g x scale); retrying with %.3g",
+            name,
+            lam,
+            lam / scale,
+            new,
+        )
+        lam = new
+    after = f" after {max_escalations} escalations (x10 each)" if max_escalations else ""
+    raise ValueError(
+        f"{name}: Cholesky failed, not positive definite with damping={lam:.3g} ({lam / scale:.3g} x scale)"
+        f"{after}; {hint}"
+    )
 
 
-def damped(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, float]:
-    """Return (H_λ, λ): a copy of H with dead diagonal entries set to 1, plus λ I, λ = percdamp·mean(diag)."""
-    Hd = H.clone()
-    diag = torch.diagonal(Hd)
-    diag[diag == 0] = 1
-    lam = float(percdamp) * float(diag.mean())
-    diag += lam
-    return Hd, lam
+def cholesky_damped(M: torch.Tensor, lam: float, *, name: str, scale=None, accept=None, **policy):
+    """Lower Cholesky factor of M + λI under the policy (λ = 0: M itself); returns (L, λ used).
+    ``scale`` defaults to mean(diag M); ``accept(L)`` may reject the factor of M itself (λ = 0) that
+    succeeded but is numerically singular; ``policy``: max_escalations, level, hint of ``escalate``."""
+    if scale is None:
+        scale = max(float(M.diagonal().mean()), 1e-300) if M.numel() else 1.0
+
+    def attempt(lam):
+        A = M if lam == 0 else M + lam * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+        L, info = torch.linalg.cholesky_ex(A)
+        return L if int(info) == 0 and (accept is None or lam > 0 or accept(L)) else None
+
+    return escalate(attempt, lam, scale, name=name, **policy)
+
+
+def cholesky_or_raise(M: torch.Tensor, name: str = "H") -> torch.Tensor:
+    """Lower Cholesky factor of (a batch of) already damped SPD matrices, or a ValueError naming ``name``
+    (the policy with no escalation: the caller chose the damping)."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if bool((info != 0).any()):
+        raise ValueError(
+            f"{name} is not positive definite (Cholesky failed); use damping > 0 or a support with fewer "
+            "entries than the rank of the Hessian"
+        )
+    return L
 
 
 def _check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
@@ -54,13 +103,13 @@ def _check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
 
 
 def _factor(H: torch.Tensor, percdamp: float, name: str, max_escalations: int, upper_of_inverse: bool):
-    """Escalation loop shared by both factorisations: returns (Hinv or its upper Cholesky factor, λ)."""
+    """Layer-Hessian factorisation under the policy: returns (Hinv or its upper Cholesky factor, λ)."""
     _check_hessian(H, name, percdamp)
     diag = torch.diagonal(H)
     dead = diag == 0
     scale = float(torch.where(dead, torch.ones_like(diag), diag).mean())
-    lam = float(percdamp) * scale
-    for attempt in range(max_escalations + 1):
+
+    def attempt(lam):
         Hd = H.clone()
         dd = torch.diagonal(Hd)
         dd.masked_fill_(dead, 1)
@@ -79,23 +128,13 @@ def _factor(H: torch.Tensor, percdamp: float, name: str, max_escalations: int, u
             if int(info) == 0:
                 out = torch.cholesky_inverse(L)
         # positive finite pivots imply a finite factor; checking the diagonal is enough
-        if out is not None and bool(torch.isfinite(torch.diagonal(out)).all()):
-            return out, lam
-        if attempt == max_escalations:
-            break
-        new = lam * 10 if lam > 0 else 1e-6 * scale
-        logger.warning(
-            "%s: Cholesky failed at damping %.3g (%.3g x mean diag); retrying with %.3g",
-            name,
-            lam,
-            lam / scale,
-            new,
-        )
-        lam = new
-    raise ValueError(
-        f"{name}: Cholesky of the damped Hessian failed even at damping {lam:.3g} "
-        f"({lam / scale:.3g} x mean(diag H)) after {max_escalations} escalations (x10 each); "
-        f"the Hessian is not positive semidefinite or is badly scaled (increase percdamp or check the inputs)"
+        return out if out is not None and bool(torch.isfinite(torch.diagonal(out)).all()) else None
+
+    hint = (
+        "the Hessian is not positive semidefinite or is badly scaled (increase percdamp or check the inputs)"
+    )
+    return escalate(
+        attempt, float(percdamp) * scale, scale, name=name, max_escalations=max_escalations, hint=hint
     )
 
 

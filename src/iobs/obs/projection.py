@@ -23,31 +23,16 @@ import math
 import torch
 
 from iobs._validate import check_finite, check_int_range, check_k, check_shape, parse_nm
+from iobs.obs.curvature import Curvature
+from iobs.obs.damping import cholesky_or_raise
 
 #: ``exact_support`` refuses problems with more candidate supports than this.
 EXACT_MAX_SUPPORTS = 200_000
 
 
 # ----------------------------------------------------------------------------------------------
-# small linear-algebra helpers
+# input checks
 # ----------------------------------------------------------------------------------------------
-def cholesky_or_raise(M: torch.Tensor, name: str = "H") -> torch.Tensor:
-    """Lower Cholesky factor of (a batch of) SPD matrices, or a ValueError naming ``name``."""
-    L, info = torch.linalg.cholesky_ex(M)
-    if bool((info != 0).any()):
-        raise ValueError(
-            f"{name} is not positive definite (Cholesky failed); use damping > 0 or a support with fewer "
-            "entries than the rank of the Hessian"
-        )
-    return L
-
-
-def spd_inverse(H: torch.Tensor, name: str = "H") -> torch.Tensor:
-    """H⁻¹ for SPD H via Cholesky (symmetric result)."""
-    Hinv = torch.cholesky_inverse(cholesky_or_raise(H, name))
-    return 0.5 * (Hinv + Hinv.transpose(-1, -2))
-
-
 def _as_rows(theta: torch.Tensor, mask: torch.Tensor | None, d: int):
     if theta.dim() not in (1, 2):
         raise ValueError(f"theta_plus must have shape (d,) or (r, d), got {tuple(theta.shape)}")
@@ -115,19 +100,20 @@ def obs_project_lowrank(
     out = torch.zeros_like(rows)
     for r in range(rows.shape[0]):
         Q = mask[r]
-        AQ, AS = A[:, Q], A[:, ~Q]
-        c = AS @ rows[r, ~Q]
-        q = int(Q.sum())
-        if q == 0:
+        if not bool(Q.any()):
             continue
-        if q > n:
-            K = AQ @ AQ.T + lam * torch.eye(n, dtype=A.dtype, device=A.device)
-            delta = AQ.T @ torch.cholesky_solve(c[:, None], cholesky_or_raise(K, "A_Q A_Qᵀ + λI")).squeeze(1)
-        else:
-            HQQ = AQ.T @ AQ + lam * torch.eye(q, dtype=A.dtype, device=A.device)
-            delta = torch.cholesky_solve((AQ.T @ c)[:, None], cholesky_or_raise(HQQ, "H_QQ")).squeeze(1)
+        c = A[:, ~Q] @ rows[r, ~Q]
+        HQQ = Curvature.from_factor(A[:, Q], lam, name="H_QQ = A_QᵀA_Q + λI", max_escalations=0)
+        delta = HQQ.solve(A[:, Q].T @ c) if HQQ.H is not None else HQQ.solve_range(c)
         out[r, Q] = rows[r, Q] + delta
     return out.squeeze(0) if vec else out
+
+
+def project(theta_plus: torch.Tensor, H: Curvature, mask: torch.Tensor) -> torch.Tensor:
+    """The exact OBS update of θ⁺ on ``mask`` under a curvature operator, in its own (dense/low-rank) form."""
+    if H.H is not None:
+        return obs_project(theta_plus, H.H, mask)
+    return obs_project_lowrank(theta_plus, H.B, H.mu, mask)
 
 
 def quadratic_model(theta: torch.Tensor, theta_plus: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -170,8 +156,27 @@ def greedy_obs(
     check_finite("W", rows)
     check_finite("Hinv", Hinv)
     Hinv = Hinv.to(rows)
+    nm = None if nm is None else parse_nm(nm, "nm")
+    n_prune = _check_n_prune(n_prune, nm, d)
+    if r == 1 and nm is None:
+        w_new, keep, _ = _greedy_obs_row(rows[0], Hinv, n_prune)
+        return (w_new, keep) if vec else (w_new[None], keep[None])
+    if chunk_rows is None:
+        chunk_rows = _default_chunk_rows(d, rows.element_size())
+    chunk_rows = check_int_range("chunk_rows", chunk_rows, 1, 2**62)
+    W_out = rows.clone()
+    mask_out = torch.ones(r, d, dtype=torch.bool, device=rows.device)
+    for start in range(0, r, chunk_rows):
+        w = W_out[start : start + chunk_rows]
+        mask_out[start : start + w.shape[0]] = _greedy_obs_chunk(w, Hinv, n_prune, nm)
+    W_out[~mask_out] = 0.0
+    return (W_out.squeeze(0), mask_out.squeeze(0)) if vec else (W_out, mask_out)
+
+
+def _check_n_prune(n_prune, nm, d: int) -> int:
+    """The number of weights removed per row: given, or the whole N:M budget d/M·(M − N)."""
     if nm is not None:
-        N, M = parse_nm(nm, "nm")
+        N, M = nm
         if d % M:
             raise ValueError(f"nm={N}:{M} needs the row length d={d} to be divisible by M={M}")
         budget = d // M * (M - N)
@@ -183,48 +188,40 @@ def greedy_obs(
             raise ValueError("greedy_obs needs n_prune (number of weights removed per row) or nm=(N, M)")
         if isinstance(n_prune, bool) or not 0 <= int(n_prune) <= d:
             raise ValueError(f"n_prune must be an integer in [0, {d}], got {n_prune!r}")
-    n_prune = int(n_prune)
-    if r == 1 and nm is None:
-        w_new, keep, _ = _greedy_obs_row(rows[0], Hinv, n_prune)
-        return (w_new, keep) if vec else (w_new[None], keep[None])
-    if chunk_rows is None:
-        chunk_rows = _default_chunk_rows(d, rows.element_size())
-    chunk_rows = check_int_range("chunk_rows", chunk_rows, 1, 2**62)
-    W_out = rows.clone()
-    mask_out = torch.ones(r, d, dtype=torch.bool, device=rows.device)
-    inf = torch.tensor(float("inf"), dtype=rows.dtype, device=rows.device)
-    for start in range(0, r, chunk_rows):
-        w = W_out[start : start + chunk_rows]
-        c = w.shape[0]
-        Hc = Hinv.expand(c, d, d).clone()
-        diag = Hc.diagonal(dim1=1, dim2=2)  # a view: follows the downdates
-        pen = torch.zeros(c, d, dtype=rows.dtype, device=rows.device)  # +inf = not removable
-        keep = torch.ones(c, d, dtype=torch.bool, device=rows.device)
+    return int(n_prune)
+
+
+def _greedy_obs_chunk(w: torch.Tensor, Hinv: torch.Tensor, n_prune: int, nm) -> torch.Tensor:
+    """``greedy_obs`` on a chunk of rows ``w`` (c, d), updated in place; returns their masks."""
+    c, d = w.shape
+    Hc = Hinv.expand(c, d, d).clone()
+    diag = Hc.diagonal(dim1=1, dim2=2)  # a view: follows the downdates
+    inf = torch.tensor(float("inf"), dtype=w.dtype, device=w.device)
+    pen = torch.zeros(c, d, dtype=w.dtype, device=w.device)  # +inf = not removable
+    keep = torch.ones(c, d, dtype=torch.bool, device=w.device)
+    if nm is not None:
+        N, M = nm
+        removed = torch.zeros(c, d // M, dtype=torch.long, device=w.device)
+        group_pen = pen.view(c, d // M, M)
+    ar = torch.arange(c, device=w.device)
+    for _ in range(n_prune):
+        i = (w * w / diag + pen).argmin(dim=1)
+        col = Hc[ar, :, i]  # (c, d): Hinv[:, i] (symmetric)
+        hii = col[ar, i]
+        w.addcmul_(col, (w[ar, i] / hii)[:, None], value=-1.0)
+        Hc.baddbmm_(col[:, :, None], (col / hii[:, None])[:, None, :], alpha=-1.0)
+        Hc[ar, i, :] = 0.0
+        Hc[ar, :, i] = 0.0
+        Hc[ar, i, i] = 1.0  # removed: w_i = 0 and score 0/1 + inf
+        w[ar, i] = 0.0
+        pen[ar, i] = inf
+        keep[ar, i] = False
         if nm is not None:
-            removed = torch.zeros(c, d // M, dtype=torch.long, device=rows.device)
-            group_pen = pen.view(c, d // M, M)
-        ar = torch.arange(c, device=rows.device)
-        for _ in range(n_prune):
-            i = (w * w / diag + pen).argmin(dim=1)
-            col = Hc[ar, :, i]  # (c, d): Hinv[:, i] (symmetric)
-            hii = col[ar, i]
-            w.addcmul_(col, (w[ar, i] / hii)[:, None], value=-1.0)
-            Hc.baddbmm_(col[:, :, None], (col / hii[:, None])[:, None, :], alpha=-1.0)
-            Hc[ar, i, :] = 0.0
-            Hc[ar, :, i] = 0.0
-            Hc[ar, i, i] = 1.0  # removed: w_i = 0 and score 0/1 + inf
-            w[ar, i] = 0.0
-            pen[ar, i] = inf
-            keep[ar, i] = False
-            if nm is not None:
-                g = i // M
-                removed[ar, g] += 1
-                closed = removed[ar, g] >= M - N
-                group_pen[ar, g] += torch.where(closed, inf, 0.0)[:, None]
-        W_out[start : start + c] = w
-        mask_out[start : start + c] = keep
-    W_out[~mask_out] = 0.0
-    return (W_out.squeeze(0), mask_out.squeeze(0)) if vec else (W_out, mask_out)
+            g = i // M
+            removed[ar, g] += 1
+            closed = removed[ar, g] >= M - N
+            group_pen[ar, g] += torch.where(closed, inf, 0.0)[:, None]
+    return keep
 
 
 def _greedy_obs_row(w: torch.Tensor, Hinv: torch.Tensor, n_prune: int):
@@ -280,50 +277,56 @@ def greedy_obs_lowrank(
     A = A.to(theta_plus)
     theta = theta_plus.clone()
     keep = torch.ones(d, dtype=torch.bool, device=A.device)
-    eye_n = torch.eye(n, dtype=A.dtype, device=A.device)
-    n_keep = d
-
-    At = A.T.contiguous()
-
-    def fresh(keepf):
-        AR = A * keepf  # zero columns outside R
-        Kinv = spd_inverse(AR @ AR.T + lam * eye_n, "λI + A_R A_Rᵀ")
-        return Kinv, 1.0 - ((Kinv @ A) * A).sum(0)  # K⁻¹ and the gaps 1 − ℓ_j
-
-    if n_keep > n and n_keep > k:
-        keepf = torch.ones(d, dtype=A.dtype, device=A.device)
-        pen = torch.zeros(d, dtype=A.dtype, device=A.device)  # +inf once removed
-        Kinv, gap = fresh(keepf)
-        since = 0
-        tiny = torch.finfo(A.dtype).tiny
-        while n_keep > max(k, n):
-            i = int(torch.addcdiv(pen, theta * theta, gap.clamp_min(tiny)).argmin())
-            u = Kinv @ At[i]
-            Atu = At @ u
-            v = Atu * keepf  # A_Rᵀ K⁻¹ a_i  (v_i = ℓ_i)
-            g = 1.0 - float(v[i])
-            theta.add_(v, alpha=float(theta[i]) / g)  # θ − θ_i/(1 − ℓ_i)·(e_i − v) on R
-            theta[i] = 0.0
-            keepf[i] = 0.0
-            pen[i] = math.inf
-            n_keep -= 1
-            since += 1
-            if since >= refresh:
-                Kinv, gap = fresh(keepf)
-                since = 0
-            else:
-                Kinv.addr_(u, u, alpha=1.0 / g)
-                gap.addcmul_(Atu, Atu, value=-1.0 / g)
-        keep = keepf > 0
-        theta.masked_fill_(~keep, 0.0)
+    if d > n and d > k:
+        keep = _remove_while_wide(theta, A, lam, max(k, n), refresh)
+    n_keep = int(keep.sum())
     if n_keep > k:
         idx = keep.nonzero().squeeze(1)
         AR = A[:, idx]
-        Hinv = spd_inverse(AR.T @ AR + lam * torch.eye(len(idx), dtype=A.dtype, device=A.device), "H_RR")
+        Hinv = Curvature.dense(AR.T @ AR, lam, name="H_RR", max_escalations=0).inverse()
         _, sub_mask = greedy_obs(theta[idx], Hinv, n_prune=n_keep - k)
         keep = torch.zeros_like(keep)
         keep[idx[sub_mask]] = True
     return obs_project_lowrank(theta_plus, A, lam, keep), keep
+
+
+def _remove_while_wide(theta: torch.Tensor, A: torch.Tensor, lam: float, stop: int, refresh: int):
+    """The n×n phase of ``greedy_obs_lowrank``: remove from θ (in place) down to ``stop`` entries; returns
+    the kept mask."""
+    n, d = A.shape
+    At = A.T.contiguous()
+
+    def fresh(keepf):
+        AR = A * keepf  # zero columns outside R
+        Kinv = Curvature.dense(AR @ AR.T, lam, name="λI + A_R A_Rᵀ", max_escalations=0).inverse()
+        return Kinv, 1.0 - ((Kinv @ A) * A).sum(0)  # K⁻¹ and the gaps 1 − ℓ_j
+
+    keepf = torch.ones(d, dtype=A.dtype, device=A.device)
+    pen = torch.zeros(d, dtype=A.dtype, device=A.device)  # +inf once removed
+    Kinv, gap = fresh(keepf)
+    since, n_keep = 0, d
+    tiny = torch.finfo(A.dtype).tiny
+    while n_keep > stop:
+        i = int(torch.addcdiv(pen, theta * theta, gap.clamp_min(tiny)).argmin())
+        u = Kinv @ At[i]
+        Atu = At @ u
+        v = Atu * keepf  # A_Rᵀ K⁻¹ a_i  (v_i = ℓ_i)
+        g = 1.0 - float(v[i])
+        theta.add_(v, alpha=float(theta[i]) / g)  # θ − θ_i/(1 − ℓ_i)·(e_i − v) on R
+        theta[i] = 0.0
+        keepf[i] = 0.0
+        pen[i] = math.inf
+        n_keep -= 1
+        since += 1
+        if since >= refresh:
+            Kinv, gap = fresh(keepf)
+            since = 0
+        else:
+            Kinv.addr_(u, u, alpha=1.0 / g)
+            gap.addcmul_(Atu, Atu, value=-1.0 / g)
+    keep = keepf > 0
+    theta.masked_fill_(~keep, 0.0)
+    return keep
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from iobs._validate import n_pruned
-from iobs.obs.masks import nm_mask
+from iobs.obs.masks import keep_top, nm_mask
 
 
 def magnitude_score(W: torch.Tensor) -> torch.Tensor:
@@ -25,33 +25,6 @@ def magnitude_score(W: torch.Tensor) -> torch.Tensor:
 def wanda_score(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """|W_ij| · ‖X_j‖₂ with ‖X_j‖₂ = sqrt(H_jj) for H = X Xᵀ."""
     return W.abs() * torch.diagonal(H).clamp_min(0).sqrt().to(W.dtype).unsqueeze(0)
-
-
-def keep_top(score: torch.Tensor, k) -> torch.Tensor:
-    """Mask keeping the ``k`` largest scores along the last dim; ``k`` an int or a tensor of per-row counts.
-
-    Counts may be 0 (prune the whole row) up to the row length. Ties keep the lower index. An int ``k``
-    takes a selection (kthvalue, O(n)) instead of a sort.
-    """
-    n = score.shape[-1]
-    if torch.is_tensor(k):
-        order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-        ranks = torch.empty_like(order)
-        ranks.scatter_(-1, order, torch.arange(n, device=score.device).expand_as(order))
-        return ranks < k.to(ranks.device).unsqueeze(-1)
-    p = n - int(k)  # pruned per row
-    if p <= 0:
-        return torch.ones_like(score, dtype=torch.bool)
-    if p >= n:
-        return torch.zeros_like(score, dtype=torch.bool)
-    t = torch.kthvalue(score, p, dim=-1, keepdim=True).values  # the p-th smallest score
-    below = score < t
-    tied = score == t
-    need = p - below.sum(-1, keepdim=True)  # how many of the ties to prune: the highest indices
-    if bool((need == tied.sum(-1, keepdim=True)).all()):
-        return ~(below | tied)
-    from_right = tied.flip(-1).cumsum(-1).flip(-1)  # ties at this index or later
-    return ~(below | (tied & (from_right <= need)))
 
 
 def row_budgets(sparsity: float, rows: int, cols: int, per_row: bool, device=None) -> torch.Tensor:

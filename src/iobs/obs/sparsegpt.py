@@ -26,7 +26,7 @@ import torch
 
 from iobs._validate import n_pruned
 from iobs.obs.damping import inverse_cholesky
-from iobs.obs.scores import keep_top
+from iobs.obs.masks import keep_top
 
 INNER = 32  # columns per sub-block for the rank-1 updates
 

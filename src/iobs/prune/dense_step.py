@@ -66,7 +66,10 @@ def newton_step(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
 ) -> dict:
-    """W⁺ = W − lr · G (H̄ + λI)⁻¹ for every prunable layer; λ = damping · mean(diag H̄)."""
+    """W⁺ = W − lr · G (H̄ + λI)⁻¹ for every prunable layer; λ = damping · mean(diag H̄) (absolute when that
+    mean is 0), escalated by the damping policy of :mod:`iobs.obs.damping` when the Cholesky fails."""
+    from iobs.obs.damping import cholesky_damped
+
     lr = _check_lr(lr)
     if not math.isfinite(damping) or damping <= 0:
         raise ValueError(f"damping must be a finite number > 0, got {damping}")
@@ -91,8 +94,8 @@ def newton_step(
             continue
         G = _as_matrix(layer, grad).to(acc[name].H.dtype)
         Hbar = acc[name].H / max(acc[name].tokens, 1)
-        lam = damping * float(Hbar.diagonal().mean()) or damping
-        L = torch.linalg.cholesky(Hbar + lam * torch.eye(Hbar.shape[0], dtype=Hbar.dtype, device=Hbar.device))
+        scale = float(Hbar.diagonal().mean()) or 1.0  # a layer whose inputs are all zero: absolute damping
+        L, _ = cholesky_damped(Hbar, damping * scale, name=f"H̄ of {name}", scale=scale)
         step = torch.cholesky_solve(G.t(), L).t()  # G (H̄ + λI)⁻¹  (H̄ symmetric)
         W = get_weight(layer)
         set_weight(layer, W - lr * step.to(W.dtype))

@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from iobs.recovery.objectives import LeastSquares, Logistic, Objective
+from iobs.recovery.objectives import DesignObjective, LeastSquares, Logistic
 
 __all__ = ["IOBSRegressor", "IOBSClassifier"]
 
@@ -100,28 +100,8 @@ def _device(device) -> torch.device:
     return torch.device("cpu") if device is None else resolve_device(device)
 
 
-class IOBSRegressor(RegressorMixin, BaseEstimator):
-    """Sparse least squares with the I-OBS family: at most ``n_nonzero_coefs`` non-zero coefficients.
-
-    Parameters
-    ----------
-    n_nonzero_coefs : int or None
-        k, the number of kept coefficients (None: 10 % of the features, at least 1, like OMP).
-    solver : str
-        Any name of :data:`iobs.recovery.solvers.SOLVERS` ("iobs", "topk-iobs", "kiht", "htp",
-        "restricted-iobs", "restricted-topk-iobs", "stochastic-iobs", "cosamp", "subspace-pursuit").
-    max_iter, tol : stopping rules of the solver (tol=None: the solver's default).
-    damping : λ added to the Hessian (None: the solver's default); the value used is in ``damping_``.
-    fit_intercept : centre X and y and fit an unpenalised intercept outside the k coefficients.
-    solver_options : dict of extra keyword arguments for the solver (e.g. ``{"support": "topk"}``).
-    random_state : seeds the stochastic solvers.
-    device : torch device for the computation (None: CPU). Inputs and outputs stay numpy.
-
-    Attributes
-    ----------
-    coef_ (n_features,), intercept_ (float), n_iter_, converged_, support_ (bool mask), damping_,
-    history_ (the solver's per-iteration records), n_features_in_.
-    """
+class _SparseEstimator(BaseEstimator):
+    """The parameters and fitted attributes shared by both estimators (see :class:`IOBSRegressor`)."""
 
     def __init__(
         self,
@@ -145,6 +125,43 @@ class IOBSRegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
 
+    def _record(self, res) -> None:
+        """The solver's result as fitted attributes (besides coef_ and intercept_)."""
+        self.support_ = res.mask.detach().cpu().numpy().astype(bool)
+        self.n_iter_ = int(res.n_iter)
+        self.converged_ = bool(res.converged)
+        self.damping_ = res.damping
+        self.history_ = res.history
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+class IOBSRegressor(RegressorMixin, _SparseEstimator):
+    """Sparse least squares with the I-OBS family: at most ``n_nonzero_coefs`` non-zero coefficients.
+
+    Parameters
+    ----------
+    n_nonzero_coefs : int or None
+        k, the number of kept coefficients (None: 10 % of the features, at least 1, like OMP).
+    solver : str
+        Any name of :data:`iobs.recovery.solvers.SOLVERS` ("iobs", "topk-iobs", "kiht", "htp",
+        "restricted-iobs", "restricted-topk-iobs", "stochastic-iobs", "cosamp", "subspace-pursuit").
+    max_iter, tol : stopping rules of the solver (tol=None: the solver's default).
+    damping : λ added to the Hessian (None: the solver's default); the value used is in ``damping_``.
+    fit_intercept : centre X and y and fit an unpenalised intercept outside the k coefficients.
+    solver_options : dict of extra keyword arguments for the solver (e.g. ``{"support": "topk"}``).
+    random_state : seeds the stochastic solvers.
+    device : torch device for the computation (None: CPU). Inputs and outputs stay numpy.
+
+    Attributes
+    ----------
+    coef_ (n_features,), intercept_ (float), n_iter_, converged_, support_ (bool mask), damping_,
+    history_ (the solver's per-iteration records), n_features_in_.
+    """
+
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         k = _check_params(self, X.shape[1])
@@ -158,11 +175,7 @@ class IOBSRegressor(RegressorMixin, BaseEstimator):
         res = _solve(self, LeastSquares(A, b), k, dev)
         self.coef_ = res.theta.detach().cpu().numpy().astype(np.float64)
         self.intercept_ = float(y_mean - x_mean @ self.coef_) if self.fit_intercept else 0.0
-        self.support_ = res.mask.detach().cpu().numpy().astype(bool)
-        self.n_iter_ = int(res.n_iter)
-        self.converged_ = bool(res.converged)
-        self.damping_ = res.damping
-        self.history_ = res.history
+        self._record(res)
         return self
 
     def predict(self, X):
@@ -170,13 +183,8 @@ class IOBSRegressor(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
-        return tags
 
-
-class _ProfiledLogistic(Objective):
+class _ProfiledLogistic(DesignObjective):
     """f(w) = min_b ℓ(w, b) + ½α‖w‖², ℓ = RC's mean logistic loss on [X, 1] (so b is never thresholded).
 
     ∇f(w) = ∇_w ℓ(w, b*(w)) + αw (envelope theorem); ∇²f = Bᵀ(I − ĉĉᵀ)B + αI where [B, c] is the
@@ -184,30 +192,23 @@ class _ProfiledLogistic(Objective):
     H_ww − H_wb H_bwᵀ/H_bb in low-rank form. b*(w) solves the 1-D problem by safeguarded Newton.
     """
 
+    has_lowrank_hessian = has_lipschitz = has_batch_grad = True
+
     def __init__(self, X: torch.Tensor, t: torch.Tensor, alpha: float):
         ones = torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)
         self.joint = Logistic(torch.cat([X, ones], dim=1), t)
-        self.X, self.t, self.alpha = X, t, float(alpha)
+        self.A, self.t, self.alpha = X, t, float(alpha)  # A = X: the design
         self.n, self.d = X.shape
         self._cache: tuple | None = None
 
-    @property
-    def dtype(self):
-        return self.X.dtype
-
-    @property
-    def device(self):
-        return self.X.device
-
-    def to(self, device=None, dtype=None) -> _ProfiledLogistic:
-        X = self.X.to(device=device or self.X.device, dtype=dtype or self.X.dtype)
-        return self if X is self.X else _ProfiledLogistic(X, self.t.to(X), self.alpha)
+    def _with(self, A) -> _ProfiledLogistic:
+        return _ProfiledLogistic(A, self.t.to(A), self.alpha)
 
     def intercept(self, w: torch.Tensor) -> torch.Tensor:
         """b*(w) = argmin_b ℓ(w, b): the root of mean(σ(Xw + b)) = mean(t)."""
         if self._cache is not None and torch.equal(self._cache[0], w):
             return self._cache[1]
-        z0 = self.X @ self._check_theta(w)
+        z0 = self.A @ self._check_theta(w)
         b = torch.zeros((), dtype=z0.dtype, device=z0.device)
         target = self.t.sum()
         for _ in range(200):  # g(b) is increasing and convex-concave: damped Newton converges
@@ -234,22 +235,18 @@ class _ProfiledLogistic(Objective):
         c_hat = c / torch.linalg.vector_norm(c).clamp_min(1e-300)
         return B - torch.outer(c_hat, c_hat @ B), self.alpha
 
-    def hessian(self, w):
-        B, a = self.hessian_factor(w)
-        return B.T @ B + a * torch.eye(self.d, dtype=B.dtype, device=B.device)
-
     def batch_grad(self, w, rows):
         """Mini-batch estimate of ∇f with the full-data intercept b*(w)."""
-        Xb = self.X[rows]
+        Xb = self.A[rows]
         p = torch.sigmoid(Xb @ w + self.intercept(w))
         return Xb.T @ (p - self.t[rows]) / len(rows) + self.alpha * w
 
     def lipschitz(self) -> float:
         """λ_max(∇²f) ≤ σ_max(X)²/(4n) + α (the projection I − ĉĉᵀ does not increase it)."""
-        return float(torch.linalg.matrix_norm(self.X, ord=2)) ** 2 / (4 * self.n) + self.alpha
+        return float(torch.linalg.matrix_norm(self.A, ord=2)) ** 2 / (4 * self.n) + self.alpha
 
 
-class IOBSClassifier(ClassifierMixin, BaseEstimator):
+class IOBSClassifier(ClassifierMixin, _SparseEstimator):
     """Sparse binary logistic regression with the I-OBS family (at most ``n_nonzero_coefs`` weights).
 
     Parameters as :class:`IOBSRegressor`, plus ``alpha`` ≥ 0, an optional ridge term ½α‖w‖² that keeps
@@ -273,16 +270,9 @@ class IOBSClassifier(ClassifierMixin, BaseEstimator):
         random_state=None,
         device=None,
     ):
-        self.n_nonzero_coefs = n_nonzero_coefs
-        self.solver = solver
-        self.max_iter = max_iter
-        self.tol = tol
-        self.damping = damping
-        self.fit_intercept = fit_intercept
+        common = (n_nonzero_coefs, solver, max_iter, tol, damping, fit_intercept, solver_options)
+        super().__init__(*common, random_state, device)
         self.alpha = alpha
-        self.solver_options = solver_options
-        self.random_state = random_state
-        self.device = device
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64)
@@ -310,11 +300,7 @@ class IOBSClassifier(ClassifierMixin, BaseEstimator):
         w = res.theta.detach().to(device=dev, dtype=torch.float64)
         self.coef_ = w.cpu().numpy()[None, :]
         self.intercept_ = np.array([float(obj.intercept(w)) if self.fit_intercept else 0.0])
-        self.support_ = res.mask.detach().cpu().numpy().astype(bool)
-        self.n_iter_ = int(res.n_iter)
-        self.converged_ = bool(res.converged)
-        self.damping_ = res.damping
-        self.history_ = res.history
+        self._record(res)
         return self
 
     def decision_function(self, X):
@@ -336,6 +322,5 @@ class IOBSClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
         tags.classifier_tags.multi_class = False
         return tags

@@ -1,9 +1,14 @@
 """Objectives f(θ) with value, gradient and Hessian, all consistently scaled.
 
 Common interface: ``.d``, ``.value(θ)``, ``.grad(θ)``, ``.hessian(θ)``, ``.to(device, dtype)``,
-plus ``.is_quadratic`` (Hessian independent of θ) and ``.hessian_factor(θ)`` returning (B, c) with
-∇²f(θ) = BᵀB + c·I when such a low-rank form is known (else None), which the solvers use when
-B has fewer rows than columns.
+plus ``.is_quadratic`` (Hessian independent of θ). Optional capabilities are declared by class
+attributes, never probed:
+
+* ``has_lowrank_hessian``: ``.hessian_factor(θ)`` returns (B, c) with ∇²f(θ) = BᵀB + c·I (the solvers
+  use it when B has fewer rows than columns);
+* ``has_lipschitz``: ``.lipschitz()`` bounds λ_max(∇²f);
+* ``has_batch_grad``: ``.n`` samples and ``.batch_grad(θ, rows)``, an unbiased mini-batch gradient;
+* ``least_squares``: f = ½‖Aθ − y‖² with ``.A``, ``.y``, ``.residual(θ)`` and ``.columns()``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import torch
 
 from iobs._validate import check_finite, check_int_range
 
-__all__ = ["LeastSquares", "Logistic", "TorchObjective", "Objective"]
+__all__ = ["LeastSquares", "Logistic", "TorchObjective", "Objective", "DesignObjective"]
 
 
 def _check_design(A, y, name_A="A", name_y="y"):
@@ -40,6 +45,10 @@ class Objective:
 
     d: int
     is_quadratic = False
+    has_lowrank_hessian = False
+    has_lipschitz = False
+    has_batch_grad = False
+    least_squares = False
 
     def value(self, theta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -48,10 +57,12 @@ class Objective:
         raise NotImplementedError
 
     def hessian(self, theta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """BᵀB + cI from the low-rank factor (objectives without one define their own)."""
+        B, c = self.hessian_factor(theta)
+        return B.T @ B + c * torch.eye(self.d, dtype=B.dtype, device=B.device)
 
     def hessian_factor(self, theta: torch.Tensor):
-        return None
+        raise NotImplementedError(f"{type(self).__name__} declares no low-rank Hessian factor")
 
     def to(self, device=None, dtype=None) -> Objective:
         return self
@@ -70,15 +81,11 @@ class Objective:
         return theta
 
 
-class LeastSquares(Objective):
-    """f(θ) = ½‖Aθ − y‖²,  ∇f = Aᵀ(Aθ − y),  ∇²f = AᵀA  (no 1/n: gradient and Hessian agree)."""
+class DesignObjective(Objective):
+    """An objective on a data matrix ``A`` (n, d): its dtype and device are A's, and ``to`` rebuilds it
+    around the moved A (``_with(A)``)."""
 
-    is_quadratic = True
-
-    def __init__(self, A, y):
-        self.A, self.y = _check_design(A, y)
-        self.n, self.d = self.A.shape
-        self._columns = None
+    A: torch.Tensor
 
     @property
     def dtype(self):
@@ -88,10 +95,26 @@ class LeastSquares(Objective):
     def device(self):
         return self.A.device
 
-    def to(self, device=None, dtype=None) -> LeastSquares:
+    def to(self, device=None, dtype=None) -> DesignObjective:
         A = self.A.to(device=device or self.A.device, dtype=dtype or self.A.dtype)
-        if A is self.A:
-            return self
+        return self if A is self.A else self._with(A)
+
+    def _with(self, A: torch.Tensor) -> DesignObjective:
+        raise NotImplementedError
+
+
+class LeastSquares(DesignObjective):
+    """f(θ) = ½‖Aθ − y‖²,  ∇f = Aᵀ(Aθ − y),  ∇²f = AᵀA  (no 1/n: gradient and Hessian agree)."""
+
+    is_quadratic = True
+    has_lowrank_hessian = has_lipschitz = has_batch_grad = least_squares = True
+
+    def __init__(self, A, y):
+        self.A, self.y = _check_design(A, y)
+        self.n, self.d = self.A.shape
+        self._columns = None
+
+    def _with(self, A) -> LeastSquares:
         return LeastSquares(A, self.y.to(A))
 
     def residual(self, theta):
@@ -142,12 +165,14 @@ class LeastSquares(Objective):
         return float(torch.linalg.matrix_norm(self.A, ord=2)) ** 2
 
 
-class Logistic(Objective):
+class Logistic(DesignObjective):
     """Binary logistic regression, MEAN loss over the n samples, labels in {0, 1}:
 
     f(θ) = (1/n) Σ_i [log(1 + exp(a_iᵀθ)) − y_i a_iᵀθ] + (l2/2)‖θ‖²,
     ∇f = Aᵀ(σ(Aθ) − y)/n + l2 θ,   ∇²f = Aᵀ diag(σ(1 − σ)) A / n + l2 I.
     """
+
+    has_lowrank_hessian = has_lipschitz = has_batch_grad = True
 
     def __init__(self, A, y, l2: float = 0.0):
         self.A, self.y = _check_design(A, y)
@@ -159,18 +184,7 @@ class Logistic(Objective):
         self.l2 = l2
         self.n, self.d = self.A.shape
 
-    @property
-    def dtype(self):
-        return self.A.dtype
-
-    @property
-    def device(self):
-        return self.A.device
-
-    def to(self, device=None, dtype=None) -> Logistic:
-        A = self.A.to(device=device or self.A.device, dtype=dtype or self.A.dtype)
-        if A is self.A:
-            return self
+    def _with(self, A) -> Logistic:
         return Logistic(A, self.y.to(A), self.l2)
 
     def value(self, theta):
@@ -180,10 +194,6 @@ class Logistic(Objective):
     def grad(self, theta):
         p = torch.sigmoid(self.A @ self._check_theta(theta))
         return self.A.T @ (p - self.y) / self.n + self.l2 * theta
-
-    def hessian(self, theta):
-        B, c = self.hessian_factor(theta)
-        return B.T @ B + c * torch.eye(self.d, dtype=self.A.dtype, device=self.A.device)
 
     def hessian_factor(self, theta):
         p = torch.sigmoid(self.A @ self._check_theta(theta))

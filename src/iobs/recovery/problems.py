@@ -21,7 +21,7 @@ import torch
 
 from iobs._validate import check_finite, check_int_range, check_k
 
-__all__ = ["RecoveryProblem", "gaussian_prior", "mnist_prior", "phase_transition", "make_problem"]
+__all__ = ["RecoveryProblem", "gaussian_prior", "mnist_prior", "phase_transition"]
 
 
 @dataclass
@@ -57,18 +57,6 @@ class RecoveryProblem:
         return float(
             torch.linalg.vector_norm(theta - self.theta_star) / torch.linalg.vector_norm(self.theta_star)
         )
-
-    def config(self) -> dict:
-        """JSON-friendly description (no tensors)."""
-        return {
-            "name": self.name,
-            "n": self.n,
-            "d": self.d,
-            "k_star": self.k_star,
-            "seed": self.seed,
-            "noise_std": self.noise_std,
-            **self.meta,
-        }
 
 
 def _check_seed(seed) -> int:
@@ -120,14 +108,7 @@ def gaussian_prior(
     dtype: torch.dtype = torch.float64,
 ) -> RecoveryProblem:
     """Fig. 1a: θ* with k* N(0, 1) entries on a random support, A_ij ~ N(0, 1/n), y = Aθ* + σ·N(0, I)."""
-    d = check_int_range("d", d, 1, 10**8)
-    k_star = check_k(k_star, d, "k_star")
-    n = check_int_range("n", n, 1, 10**8)
-    seed, noise_std = _check_seed(seed), _check_noise(noise_std)
-    gen = torch.Generator().manual_seed(seed)
-    A = _design(n, d, gen)
-    theta = _sparse_gaussian(d, k_star, gen)
-    return _finish(A, theta, k_star, "gaussian_prior", seed, noise_std, gen, device, dtype, {})
+    return _gaussian_sparse("gaussian_prior", n, d, (k_star, "k_star"), seed, noise_std, device, dtype)
 
 
 def phase_transition(
@@ -140,14 +121,19 @@ def phase_transition(
     dtype: torch.dtype = torch.float64,
 ) -> RecoveryProblem:
     """Compressed sensing: k Gaussian amplitudes on a random support, A ∈ R^{n×d} with N(0, 1/n) entries."""
+    return _gaussian_sparse("phase_transition", n, d, (k, "k"), seed, noise_std, device, dtype)
+
+
+def _gaussian_sparse(name, n, d, k_named, seed, noise_std, device, dtype) -> RecoveryProblem:
+    """A ~ N(0, 1/n) (n, d), θ* with k N(0, 1) values on a random support; ``k_named`` = (k, its name)."""
     d = check_int_range("d", d, 1, 10**8)
-    k = check_k(k, d, "k")
+    k = check_k(k_named[0], d, k_named[1])
     n = check_int_range("n", n, 1, 10**8)
     seed, noise_std = _check_seed(seed), _check_noise(noise_std)
     gen = torch.Generator().manual_seed(seed)
     A = _design(n, d, gen)
     theta = _sparse_gaussian(d, k, gen)
-    return _finish(A, theta, k, "phase_transition", seed, noise_std, gen, device, dtype, {})
+    return _finish(A, theta, k, name, seed, noise_std, gen, device, dtype, {})
 
 
 def mnist_prior(
@@ -193,15 +179,3 @@ def mnist_prior(
     A = _design(n, d, gen)
     meta = {"index": index if label is not None else None, "label": label, "shape": list(image.shape)}
     return _finish(A, theta, k_star, "mnist_prior", seed, noise_std, gen, device, dtype, meta)
-
-
-def make_problem(name: str, **kwargs) -> RecoveryProblem:
-    """Generator by name: "gaussian_prior", "mnist_prior" or "phase_transition"."""
-    gens = {
-        "gaussian_prior": gaussian_prior,
-        "mnist_prior": mnist_prior,
-        "phase_transition": phase_transition,
-    }
-    if name not in gens:
-        raise ValueError(f"name must be one of {sorted(gens)}, got {name!r}")
-    return gens[name](**kwargs)

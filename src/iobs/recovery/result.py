@@ -30,10 +30,6 @@ class RecoveryResult:
     def objective(self) -> float:
         return self.history[-1]["objective"] if self.history else float("nan")
 
-    def series(self, key: str) -> list:
-        """One history column, e.g. ``result.series("rel_distance")``."""
-        return [h[key] for h in self.history]
-
     def iterations_to(self, rel_tol: float) -> int | None:
         """First iteration whose relative distance to θ* is below ``rel_tol`` (None if never / no θ*)."""
         for h in self.history:

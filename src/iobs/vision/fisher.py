@@ -19,6 +19,7 @@ The per-sample gradients come from ``torch.func`` (``vmap`` of ``grad`` over sam
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from iobs.obs.projection import cholesky_or_raise
+from iobs.obs.curvature import Curvature
 from iobs.prune.layers import find_layers
 from iobs.vision.data import check_labels
+
+logger = logging.getLogger(__name__)
 
 
 def prunable_weights(
@@ -125,70 +128,45 @@ def make_blocks(sizes: Sequence[int], block_size: int) -> list[tuple[int, int]]:
 class FisherBlocks:
     """A block-diagonal damped empirical Fisher F = diag(λ_b I + A_bᵀA_b) and the mean gradient.
 
-    Block b is held in Woodbury form (``Fb[b]`` None, ``Kchol[b]`` = chol(λ_b I_n + A_b A_bᵀ)) when n < B,
-    else in dense form (``Fb[b]`` = F_b, ``Kchol[b]`` = chol(F_b)).
+    Block b is the curvature operator ``ops[b]`` (:class:`iobs.obs.curvature.Curvature`): low-rank
+    (Woodbury, n×n Cholesky) when n < B, else dense (B×B Cholesky).
     """
 
     A: torch.Tensor  # (n, d) = G / √n
     grad: torch.Tensor  # (d,) mean per-sample gradient
     blocks: list[tuple[int, int]]
     lam: torch.Tensor  # (n_blocks,)
-    Kchol: list[torch.Tensor]  # Cholesky factors (see the class docstring)
-    Fb: list[torch.Tensor | None]  # explicit F_b for dense blocks, None for Woodbury blocks
+    ops: list[Curvature]
     _inv_diag: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def d(self) -> int:
         return self.A.shape[1]
 
-    @property
-    def n(self) -> int:
-        return self.A.shape[0]
+    def _blockwise(self, fn, v: torch.Tensor | None = None) -> torch.Tensor:
+        like = self.A[0] if v is None else v
+        out = torch.empty_like(like)
+        for (s, e), op in zip(self.blocks, self.ops):
+            out[s:e] = fn(op) if v is None else fn(op, v[s:e])
+        return out
 
     def inv_diag(self) -> torch.Tensor:
         """diag(F⁻¹): (1 − ℓ)/λ_b blockwise (Woodbury) or diag(F_b⁻¹) (dense); computed once."""
         if self._inv_diag is None:
-            out = torch.empty(self.d, dtype=self.A.dtype, device=self.A.device)
-            for (s, e), lam, L, Fb in zip(self.blocks, self.lam, self.Kchol, self.Fb):
-                if Fb is not None:
-                    out[s:e] = torch.cholesky_inverse(L).diagonal()
-                    continue
-                Ab = self.A[:, s:e]
-                lev = (Ab * torch.cholesky_solve(Ab, L)).sum(0)
-                out[s:e] = (1.0 - lev).clamp_min(torch.finfo(self.A.dtype).eps) / lam
-            self._inv_diag = out
+            self._inv_diag = self._blockwise(Curvature.inv_diag)
         return self._inv_diag
 
     def inv_mv(self, v: torch.Tensor) -> torch.Tensor:
         """F⁻¹ v blockwise: (v − A_bᵀ K⁻¹ A_b v)/λ_b (Woodbury) or a Cholesky solve with F_b (dense)."""
-        out = torch.empty_like(v)
-        for (s, e), lam, L, Fb in zip(self.blocks, self.lam, self.Kchol, self.Fb):
-            if Fb is not None:
-                out[s:e] = torch.cholesky_solve(v[s:e, None], L).squeeze(1)
-                continue
-            Ab = self.A[:, s:e]
-            out[s:e] = (v[s:e] - Ab.T @ torch.cholesky_solve((Ab @ v[s:e])[:, None], L).squeeze(1)) / lam
-        return out
+        return self._blockwise(Curvature.solve, v)
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         """F v blockwise: λ_b v + A_bᵀ (A_b v), or F_b v (dense)."""
-        out = torch.empty_like(v)
-        for (s, e), lam, Fb in zip(self.blocks, self.lam, self.Fb):
-            if Fb is not None:
-                out[s:e] = Fb @ v[s:e]
-                continue
-            Ab = self.A[:, s:e]
-            out[s:e] = lam * v[s:e] + Ab.T @ (Ab @ v[s:e])
-        return out
+        return self._blockwise(Curvature.mv, v)
 
     def column(self, i: int, b: int) -> torch.Tensor:
         """Column i of F inside its block b (entries s..e of F e_i)."""
-        s, e = self.blocks[b]
-        if self.Fb[b] is not None:
-            return self.Fb[b][:, i - s].clone()
-        col = self.A[:, s:e].T @ self.A[:, i]
-        col[i - s] += self.lam[b]
-        return col
+        return self.ops[b].column(i - self.blocks[b][0])
 
     def block_of(self) -> torch.Tensor:
         """(d,) index of the block holding each weight."""
@@ -197,38 +175,11 @@ class FisherBlocks:
             idx[s:e] = b
         return idx
 
-    def dense_block(self, b: int) -> torch.Tensor:
-        """F_b as an explicit matrix."""
-        if self.Fb[b] is not None:
-            return self.Fb[b]
-        s, e = self.blocks[b]
-        Ab = self.A[:, s:e]
-        return self.lam[b] * torch.eye(e - s, dtype=Ab.dtype, device=Ab.device) + Ab.T @ Ab
-
-    def inverse_block(self, b: int) -> torch.Tensor:
-        """F_b⁻¹ explicitly (Woodbury identity, or the Cholesky factor of a dense block)."""
-        if self.Fb[b] is not None:
-            inv = torch.cholesky_inverse(self.Kchol[b])
-            return 0.5 * (inv + inv.T)
-        s, e = self.blocks[b]
-        return woodbury_inverse(self.A[:, s:e], float(self.lam[b]), L=self.Kchol[b])
-
     def quadratic(self, theta: torch.Tensor, theta0: torch.Tensor, use_grad: bool = True) -> float:
         """Local model of the loss change: gᵀδ + ½ δᵀFδ with δ = θ − θ₀."""
         delta = theta - theta0
         val = 0.5 * float(delta @ self.mv(delta))
         return val + float(self.grad @ delta) if use_grad else val
-
-
-def woodbury_inverse(A: torch.Tensor, lam: float, L: torch.Tensor | None = None) -> torch.Tensor:
-    """(λI + AᵀA)⁻¹ = (1/λ)(I − Aᵀ(λI_n + AAᵀ)⁻¹A) for A (n, B), λ > 0."""
-    if not lam > 0:
-        raise ValueError(f"damping λ must be > 0 for the Woodbury inverse, got {lam}")
-    n, B = A.shape
-    if L is None:
-        L = cholesky_or_raise(lam * torch.eye(n, dtype=A.dtype, device=A.device) + A @ A.T, "λI + AAᵀ")
-    Hinv = (torch.eye(B, dtype=A.dtype, device=A.device) - A.T @ torch.cholesky_solve(A, L)) / lam
-    return 0.5 * (Hinv + Hinv.T)
 
 
 def fisher_from_grads(
@@ -242,7 +193,8 @@ def fisher_from_grads(
     """Blocks of the damped empirical Fisher from per-sample gradients G (n, d); see the module docstring.
 
     ``dense``: hold every block as the explicit B×B F_b (True), in Woodbury form (False), or whichever is
-    smaller per block, n ≥ B → dense (None, the default). All three represent the same matrix.
+    smaller per block, n ≥ B → dense (None, the default). All three represent the same matrix. A block
+    whose Cholesky fails gets more damping by the policy of :mod:`iobs.obs.damping` (logged).
     """
     if G.dim() != 2 or G.shape[0] < 1:
         raise ValueError(
@@ -253,33 +205,23 @@ def fisher_from_grads(
     if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping > 0):
         raise ValueError(f"damping must be a finite number > 0, got {damping!r}")
     blocks = make_blocks(sizes, block_size)
-    n = G.shape[0]
-    A = G / math.sqrt(n)
-    eye = None
-    lams, chols, Fbs = [], [], []
+    A = G / math.sqrt(G.shape[0])
+    ops = []
     for s, e in blocks:
         Ab = A[:, s:e]
         mean_diag = float((Ab * Ab).sum()) / (e - s)
         lam = damping if absolute_damping else damping * mean_diag
-        if lam <= 0:  # a block whose gradients are all zero (dead units): fall back to absolute damping
+        if lam <= 0:
+            logger.info("Fisher block %d:%d has zero gradients: absolute damping %.3g", s, e, damping)
             lam = damping
-        lams.append(lam)
-        if (n >= e - s) if dense is None else dense:
-            Fb = Ab.T @ Ab
-            Fb.diagonal().add_(lam)
-            Fbs.append(Fb)
-            chols.append(cholesky_or_raise(Fb, "F_b = λI + A_bᵀA_b"))
-        else:
-            Fbs.append(None)
-            eye = torch.eye(n, dtype=A.dtype, device=A.device) if eye is None else eye
-            chols.append(cholesky_or_raise(lam * eye + Ab @ Ab.T, "λI + A_b A_bᵀ"))
+        name = f"Fisher block {s}:{e}"
+        ops.append(Curvature.from_factor(Ab, lam, dense=dense, name=name, scale=mean_diag or 1.0))
     return FisherBlocks(
         A=A,
         grad=G.mean(0),
         blocks=blocks,
-        lam=torch.tensor(lams, dtype=A.dtype, device=A.device),
-        Kchol=chols,
-        Fb=Fbs,
+        lam=torch.tensor([op.lam for op in ops], dtype=A.dtype, device=A.device),
+        ops=ops,
     )
 
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from iobs._validate import check_sparsity, n_pruned
-from iobs.obs.masks import topk_mask
-from iobs.obs.projection import obs_project, obs_project_lowrank
+from iobs.obs.masks import keep_top
+from iobs.obs.projection import project
 from iobs.vision.fisher import FisherBlocks
 
 METHODS = ("magnitude", "woodfisher", "cbs")
@@ -53,10 +53,7 @@ def n_kept(d: int, sparsity: float) -> int:
 
 def keep_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep the d − floor(s·d) largest scores (all pruned when that is 0)."""
-    k = n_kept(score.numel(), sparsity)
-    if k == 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    return topk_mask(score, k)
+    return keep_top(score, n_kept(score.numel(), sparsity))
 
 
 def global_magnitude(theta0: torch.Tensor, sparsity: float) -> GlobalResult:
@@ -73,14 +70,12 @@ def obs_update(theta_plus: torch.Tensor, fisher: FisherBlocks, mask: torch.Tenso
     """argmin_{supp θ ⊆ mask} (θ − θ⁺)ᵀ F (θ − θ⁺), block by block (exact OBS update; a dense block solves
     with F_b restricted to the support, a Woodbury block with its n×n low-rank form)."""
     out = torch.zeros_like(theta_plus)
-    for b, ((s, e), lam) in enumerate(zip(fisher.blocks, fisher.lam)):
+    for (s, e), op in zip(fisher.blocks, fisher.ops):
         m = mask[s:e]
         if bool(m.all()):
             out[s:e] = theta_plus[s:e]
-        elif bool(m.any()) and fisher.Fb[b] is not None:
-            out[s:e] = obs_project(theta_plus[s:e], fisher.Fb[b], m)
         elif bool(m.any()):
-            out[s:e] = obs_project_lowrank(theta_plus[s:e], fisher.A[:, s:e], float(lam), m)
+            out[s:e] = project(theta_plus[s:e], op, m)
     return out * mask
 
 
@@ -128,6 +123,27 @@ def cbs(
     th = theta0.to(fisher.A.dtype)
     score = th.abs() if start == "magnitude" else obs_saliency(th, fisher)
     mask0 = keep_mask(score, sparsity)
+    mask, history = _cbs_swaps(th, fisher, mask0, use_grad, candidates, max_swaps)
+    theta_plus = newton_point(th, fisher) if use_grad else th
+    theta = obs_update(theta_plus, fisher, mask)
+    q = fisher.quadratic(theta, th, use_grad)
+    theta_start = obs_update(theta_plus, fisher, mask0)
+    q_start = fisher.quadratic(theta_start, th, use_grad)
+    kept_start = q_start < q
+    if kept_start:
+        theta, mask, q = theta_start, mask0, q_start
+    info = {
+        "swaps": len(history) - 1,
+        "selection_objective": history,
+        "start_objective": q_start,
+        "kept_start_selection": bool(kept_start),
+    }
+    return GlobalResult(theta, mask, "cbs", q, info)
+
+
+def _cbs_swaps(th, fisher: FisherBlocks, mask0, use_grad: bool, candidates: int, max_swaps: int):
+    """CBS-S: best improving (un-prune i, prune j) swaps on J among the candidate window; returns the
+    final mask and J after each swap (J of ``mask0`` first)."""
     mask = mask0.clone()
     g = fisher.grad.to(th) if use_grad else torch.zeros_like(th)
     block = fisher.block_of()
@@ -138,8 +154,7 @@ def cbs(
     half_sq = 0.5 * th * th * Fdiag
     inf = torch.tensor(float("inf"), dtype=th.dtype, device=th.device)
     n_prune, n_keep = int((~mask).sum()), int(mask.sum())
-    swaps = 0
-    while swaps < max_swaps and n_prune > 0 and n_keep > 0:
+    while len(history) - 1 < max_swaps and n_prune > 0 and n_keep > 0:
         rem = torch.where(~mask, -th * u + half_sq + g * th, inf)  # ΔJ of un-pruning i alone
         add = torch.where(mask, th * u + half_sq - g * th, inf)  # ΔJ of pruning j alone
         ci = torch.topk(rem, min(candidates, n_prune), largest=False).indices
@@ -158,22 +173,7 @@ def cbs(
         mask[i], mask[j] = True, False
         J += d_best
         history.append(J)
-        swaps += 1
-    theta_plus = newton_point(th, fisher) if use_grad else th
-    theta = obs_update(theta_plus, fisher, mask)
-    q = fisher.quadratic(theta, th, use_grad)
-    theta_start = obs_update(theta_plus, fisher, mask0)
-    q_start = fisher.quadratic(theta_start, th, use_grad)
-    kept_start = q_start < q
-    if kept_start:
-        theta, mask, q = theta_start, mask0, q_start
-    info = {
-        "swaps": swaps,
-        "selection_objective": history,
-        "start_objective": q_start,
-        "kept_start_selection": bool(kept_start),
-    }
-    return GlobalResult(theta, mask, "cbs", q, info)
+    return mask, history
 
 
 def prune_global(

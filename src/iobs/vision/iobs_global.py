@@ -71,29 +71,54 @@ def iobs_global(
     d = sum(p.numel() for p in params.values())
     if initial_fisher is not None and initial_fisher.d != d:
         raise ValueError(f"initial_fisher covers {initial_fisher.d} weights, the prunable layers hold {d}")
-    state: dict = {}
-    pending = [initial_fisher] if initial_fisher is not None else []  # used by iteration 1's projection
+    steps = _Steps(model, params, sparsity, (block_size, damping, absolute_damping), lr, line_search)
+    steps.pending = [initial_fisher] if initial_fisher is not None else []  # for iteration 1's projection
+    return run_iobs(
+        model,
+        iterations=iterations,
+        calibration=calibration,
+        project=steps.project,
+        dense_step=steps.dense_step,
+        evaluate=evaluate,
+        select=select,
+        mode=mode,
+        evaluate_dense=evaluate_dense,
+        on_iteration=on_iteration,
+    )
 
-    def fisher_here(batch):
+
+class _Steps:
+    """The two steps of one I-OBS iteration on the flat prunable weights: the line-searched Fisher-Newton
+    step (1–2) and the OBS projection (3–4). The projection reuses the Fisher and the projected point of the
+    dense step on the same batch; iteration 1's projection uses ``pending`` (a Fisher the caller had)."""
+
+    def __init__(self, model, params, sparsity, fisher_args, lr, line_search):
+        self.model, self.params, self.sparsity = model, params, sparsity
+        self.fisher_args, self.lr, self.line_search = fisher_args, lr, line_search
+        self.d = sum(p.numel() for p in params.values())
+        self.state: dict = {}  # batch, Fisher and projected point of the last dense step
+        self.pending: list[FisherBlocks] = []
+
+    def fisher(self, batch) -> FisherBlocks:
         X, y = batch
-        return empirical_fisher(model, params, X, y, block_size, damping, absolute_damping)
+        return empirical_fisher(self.model, self.params, X, y, *self.fisher_args)
 
-    def dense_step(m, batch, t):
+    def dense_step(self, m, batch, t):
         t0 = time.perf_counter()
-        fisher = fisher_here(batch)
-        theta = get_flat(params).to(fisher.A.dtype)
+        fisher = self.fisher(batch)
+        theta = get_flat(self.params).to(fisher.A.dtype)
         direction = newton_point(theta, fisher, 1.0) - theta
-        X, y = line_search if line_search is not None else batch
+        X, y = self.line_search if self.line_search is not None else batch
         tried, cands = {}, {}
         for f in LINE_SEARCH:
-            eta = f * lr
-            mask, theta_new = obs_projection(theta + eta * direction, fisher, sparsity)
-            set_flat(params, theta_new)
+            eta = f * self.lr
+            mask, theta_new = obs_projection(theta + eta * direction, fisher, self.sparsity)
+            set_flat(self.params, theta_new)
             tried[eta], cands[eta] = mean_ce(m, X, y), (mask, theta_new)
         eta = min(tried, key=tried.get)
         theta_plus = theta + eta * direction
-        set_flat(params, theta_plus)
-        state.update(batch=batch, fisher=fisher, projected=cands[eta])
+        set_flat(self.params, theta_plus)
+        self.state.update(batch=batch, fisher=fisher, projected=cands[eta])
         return {
             "step": "fisher-newton",
             "lr": eta,
@@ -102,25 +127,14 @@ def iobs_global(
             "seconds": time.perf_counter() - t0,
         }
 
-    def project(m, batch):
-        reuse = state.get("batch") is batch
-        fisher = state["fisher"] if reuse else (pending.pop() if pending else fisher_here(batch))
-        theta_plus = get_flat(params).to(fisher.A.dtype)
-        mask, theta = state["projected"] if reuse else obs_projection(theta_plus, fisher, sparsity)
-        state.clear()
-        set_flat(params, theta)
+    def project(self, m, batch):
+        if self.state.get("batch") is batch:  # right after the dense step on this batch
+            fisher, projected = self.state["fisher"], self.state["projected"]
+        else:
+            fisher, projected = (self.pending.pop() if self.pending else self.fisher(batch)), None
+        theta_plus = get_flat(self.params).to(fisher.A.dtype)
+        mask, theta = projected or obs_projection(theta_plus, fisher, self.sparsity)
+        self.state.clear()
+        set_flat(self.params, theta)
         err = fisher.quadratic(theta, theta_plus, use_grad=False) * 2.0
-        return [{"name": "global", "numel": d, "kept": int(mask.sum()), "error": err}]
-
-    return run_iobs(
-        model,
-        iterations=iterations,
-        calibration=calibration,
-        project=project,
-        dense_step=dense_step,
-        evaluate=evaluate,
-        select=select,
-        mode=mode,
-        evaluate_dense=evaluate_dense,
-        on_iteration=on_iteration,
-    )
+        return [{"name": "global", "numel": self.d, "kept": int(mask.sum()), "error": err}]
