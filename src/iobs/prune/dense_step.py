@@ -21,7 +21,7 @@ from torch import nn
 
 from iobs.prune.hessian import accumulate_hessians
 from iobs.prune.layers import find_layers, get_weight, set_weight
-from iobs.prune.sequential import _to
+from iobs.prune.walk import to_device as _to
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 DENSE_STEPS = ("newton", "finetune", "none")
