@@ -3,7 +3,7 @@
 ``tiny_model("llama")`` etc.: 2 blocks, hidden 32, MLP 64, 4 heads, a 264-token vocabulary (the 256
 bytes of :func:`tiny_tokenizer` plus specials), random weights from a fixed seed. Names
 ``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``, ``tiny-qwen2``, ``tiny-phi`` are accepted by
-:func:`load_tiny`. The tokenizer-free path: :func:`random_ids` draws calibration ids directly.
+:func:`load_tiny` (and so by :func:`iobs.models.load_model`).
 """
 
 from __future__ import annotations
@@ -132,9 +132,3 @@ def load_tiny(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
             f"tiny model name must be one of {', '.join('tiny-' + a for a in ARCHS)}, got {name!r}"
         )
     return tiny_model(arch, seed=seed, dtype=dtype), tiny_tokenizer()
-
-
-def random_ids(nsamples: int, seqlen: int, vocab: int = 256, seed: int = 0) -> torch.Tensor:
-    """Tokenizer-free calibration: uniform random ids (nsamples, seqlen) from a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (nsamples, seqlen), generator=g)
