@@ -31,8 +31,8 @@ from iobs.data.text import load_text  # noqa: E402
 from iobs.eval.perplexity import eval_windows, perplexity  # noqa: E402
 from iobs.models import MODELS, load_model  # noqa: E402
 from iobs.models.loader import ensure_cached  # noqa: E402
-from iobs.prune.report import summarize  # noqa: E402
 from iobs.prune.decoder import prune_decoder  # noqa: E402
+from iobs.prune.report import summarize  # noqa: E402
 from iobs.prune.solve import LayerSolver  # noqa: E402
 from iobs.utils import atomic_write_json, atomic_write_text, markdown_table  # noqa: E402
 

@@ -49,13 +49,6 @@ def _check_lr(lr) -> float:
     return lr
 
 
-@torch.no_grad()
-def mean_loss(model: nn.Module, batches: Sequence, loss_fn: LossFn) -> float:
-    """Mean task loss over the batches (no gradient)."""
-    device = next(model.parameters()).device
-    return sum(float(loss_fn(model, _to(b, device))) for b in batches) / len(batches)
-
-
 def newton_step(
     model: nn.Module,
     batches: Sequence,
