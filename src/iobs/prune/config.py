@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from iobs._validate import check_int_range, check_sparsity, parse_nm
 from iobs.config import csv_list, option
+from iobs.data.calibration import CALIB_SOURCES
 from iobs.obs.layer import METHODS as LAYER_SOLVERS
 from iobs.prune.decoder import SEQUENTIAL
 from iobs.prune.dense_step import DENSE_STEPS
@@ -151,6 +152,13 @@ class PruneConfig:
             self.validation = csv_list(self.validation)
         if not self.validation:
             raise ValueError("validation must name at least one corpus (e.g. wiki-val)")
+        calib_text = CALIB_SOURCES.get(self.calib, self.calib)
+        for v in self.validation:  # the loop selects on validation: it must be held out
+            if v in (self.calib, calib_text):
+                raise ValueError(
+                    f"validation corpus {v!r} is the calibration source {self.calib!r}: choose a held-out "
+                    "split (e.g. calib='wiki' with validation 'wiki-val')"
+                )
         if self.val_max_windows is not None:
             check_int_range("val_max_windows", self.val_max_windows, 1, 10**9)
 

@@ -9,12 +9,12 @@ corpus) is restored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from iobs.data.calibration import CALIB_SOURCES, CalibrationStream, random_ids
+from iobs.data.calibration import CalibrationStream, random_ids
 from iobs.loop import LoopResult, run_iobs
 from iobs.prune.config import PruneConfig
 from iobs.prune.decoder import prune_decoder
@@ -22,17 +22,6 @@ from iobs.prune.dense_step import dense_step, lm_loss
 from iobs.utils import resolve_device
 
 RANDOM_VALIDATION = (8, 10**9 + 7)  # validation corpus "random": 8 windows of uniform ids, this seed
-
-
-def check_disjoint(calib: str, validation: Sequence[str]) -> None:
-    """Validation must not be drawn from the calibration text (the loop selects on it)."""
-    name = CALIB_SOURCES.get(calib, calib)
-    for v in validation:
-        if v in (calib, name):
-            raise ValueError(
-                f"validation corpus {v!r} is the calibration source {calib!r}: choose a held-out split "
-                "(e.g. calib='wiki' with validation 'wiki-val')"
-            )
 
 
 class _LMSteps:
@@ -114,7 +103,6 @@ def iobs_prune_lm(
     if config.method != "iobs":
         raise ValueError(f"iobs_prune_lm needs a config with method='iobs', got method={config.method!r}")
     config.validate()
-    check_disjoint(config.calib, config.validation)
     vocab = model.get_input_embeddings().num_embeddings
     if stream is None:
         stream = CalibrationStream(
