@@ -1,7 +1,7 @@
 """``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda and SparseGPT and compare.
 
 One dense model, one calibration batch and one fixed set of evaluation windows per corpus; every
-method prunes a fresh copy of the dense model with :func:`iobs.prune.sequential.prune_decoder` and is
+method prunes a fresh copy of the dense model with :func:`iobs.prune.decoder.prune_decoder` and is
 scored on exactly the same windows (paired comparison). Writes ``results.json``, ``table.md`` and a
 bar chart ``demo.png`` to ``--out`` (replacing earlier demo results there, each file atomically).
 The defaults are cut down (16 calibration sequences, the first 16 windows of each corpus) so the demo
