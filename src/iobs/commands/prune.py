@@ -54,25 +54,7 @@ def format_report(report: dict, per_layer: bool = False) -> str:
         f"layers {s['layers']}, weights {s['params']:,}, pruned {s['sparsity']:.2%} "
         f"(exact zeros {s['zeros']:.2%}), mean relative error {s['rel_error_mean']:.4g}"
     )
-    dense = report.get("eval_dense") or {}
-    for data, r in report.get("eval", {}).items():
-        if data in dense:
-            lines.append(f"perplexity {data}: dense {dense[data]['ppl']:.3f} -> pruned {r['ppl']:.3f}")
-            continue
-        lines.append(
-            f"perplexity {data}: {r['ppl']:.3f} "
-            f"({r['tokens']} tokens, {r['windows']} windows of {r['seqlen']})"
-        )
-    if report.get("iobs"):
-        it = report["iobs"]
-        for h in it["history"]:
-            ppl = ", ".join(f"{k} {v:.3f}" for k, v in h["metrics"].items())
-            star = " ★" if h["iteration"] == it["best_iteration"] else ""
-            lines.append(
-                f"I-OBS iteration {h['iteration']}{' (dense)' if h['iteration'] == 0 else ''}: {ppl}{star}"
-            )
-        if it.get("stopped"):
-            lines.append(f"stopped early: {it['stopped']}")
+    lines += _eval_lines(report) + _iobs_lines(report.get("iobs"))
     t = report["timings"]
     times = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items())
     mem = report.get("memory", {})
@@ -82,6 +64,34 @@ def format_report(report: dict, per_layer: bool = False) -> str:
     if report.get("out"):
         lines.append(f"saved: {report['out']}")
     return "\n".join(lines) + "\n"
+
+
+def _eval_lines(report: dict) -> list[str]:
+    """One line per evaluated corpus (dense -> pruned when both were scored on the same windows)."""
+    lines, dense = [], report.get("eval_dense") or {}
+    for data, r in report.get("eval", {}).items():
+        if data in dense:
+            lines.append(f"perplexity {data}: dense {dense[data]['ppl']:.3f} -> pruned {r['ppl']:.3f}")
+            continue
+        lines.append(
+            f"perplexity {data}: {r['ppl']:.3f} "
+            f"({r['tokens']} tokens, {r['windows']} windows of {r['seqlen']})"
+        )
+    return lines
+
+
+def _iobs_lines(loop: dict | None) -> list[str]:
+    """One line per I-OBS iteration (the best starred) and why the loop stopped early, if it did."""
+    lines = []
+    for h in (loop or {}).get("history", []):
+        ppl = ", ".join(f"{k} {v:.3f}" for k, v in h["metrics"].items())
+        star = " ★" if h["iteration"] == loop["best_iteration"] else ""
+        lines.append(
+            f"I-OBS iteration {h['iteration']}{' (dense)' if h['iteration'] == 0 else ''}: {ppl}{star}"
+        )
+    if loop and loop.get("stopped"):
+        lines.append(f"stopped early: {loop['stopped']}")
+    return lines
 
 
 def run(args) -> int:
