@@ -11,6 +11,14 @@ from pathlib import Path
 
 import torch
 
+# the one vocabulary of model dtypes (``--dtype`` of iobs prune and iobs eval)
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/"auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
