@@ -31,7 +31,7 @@ import torch
 
 from iobs._validate import check_finite, check_int_range, check_sparsity, parse_nm
 
-METHODS = ("sparsegpt", "obc", "wanda", "magnitude")
+METHODS = ("sparsegpt", "obc", "wanda", "magnitude", "mask-search", "alps")
 
 
 @dataclass
@@ -113,20 +113,76 @@ def prune_layer(
     per_row: bool = False,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    refit: bool = False,
+    search: dict | None = None,
     name: str = "H",
 ) -> LayerResult:
     """Prune one layer. Exactly one of ``sparsity`` (fraction pruned, floor(s·n) weights per layer, or per
     row with ``per_row``) and ``pattern`` (N:M, keep N of every M consecutive inputs) must be given.
 
-    ``blocksize`` and ``percdamp`` (λ = percdamp·mean(diag H)) apply to sparsegpt and obc; ``name``
-    labels the layer in damping warnings and errors.
+    ``blocksize`` and ``percdamp`` (λ = percdamp·mean(diag H)) apply to sparsegpt and obc (and the
+    damping of mask-search, alps and the re-fit); ``name`` labels the layer in damping warnings and
+    errors. ``refit``: afterwards, re-fit every row's kept weights exactly on the mask
+    (:func:`iobs.obs.refit.refit`). ``mask-search`` = SparseGPT, then I-OBS mask search
+    (:func:`iobs.obs.mask_search.mask_search`; ``search`` = its keyword options, e.g. add, iters);
+    ``alps`` = :func:`iobs.obs.alps.alps` (``search`` = its options).
     """
     sparsity, nm, percdamp = _check_args(W, H, method, sparsity, pattern, blocksize, percdamp)
+    opts = dict(per_row=per_row, blocksize=blocksize, percdamp=percdamp, name=name, search=search or {})
     with torch.no_grad():
-        return _prune(W.detach(), H.detach(), method, sparsity, nm, per_row, blocksize, percdamp, name)
+        res = _prune(W.detach(), H.detach(), method, sparsity, nm, **opts)
+        return _refit(W.detach(), H.detach(), res, percdamp, name) if refit else res
 
 
-def _prune(W, H, method, sparsity, nm, per_row, blocksize, percdamp, name) -> LayerResult:
+def _refit(W, H, res: LayerResult, percdamp, name) -> LayerResult:
+    from iobs.obs.refit import refit
+
+    t0 = time.perf_counter()
+    dtype = _work_dtype(W)
+    Wf, Hf = W.to(dtype), H.to(device=W.device, dtype=dtype)
+    W_hat = refit(Wf, Hf, res.mask, percdamp=percdamp, W0=res.W.to(dtype), name=name)
+    res.W, res.error = W_hat.to(W.dtype), layer_error(Wf, W_hat, Hf)
+    res.method, res.seconds = res.method + "+refit", res.seconds + time.perf_counter() - t0
+    return res
+
+
+def _solve(Wf, Hf, method, sparsity, nm, per_row, blocksize, percdamp, name, search):
+    """(Ŵ, mask, λ) of one method on the work-dtype W and H."""
+    if method == "mask-search":
+        from iobs.obs.mask_search import WARM_STARTS, mask_search
+
+        search = dict(search)
+        warm = search.pop("warm", "sparsegpt")
+        if warm not in WARM_STARTS:
+            raise ValueError(f"mask-search warm start must be one of {', '.join(WARM_STARTS)}, got {warm!r}")
+        W0, mask, lam = _solve(Wf, Hf, warm, sparsity, nm, per_row, blocksize, percdamp, name, {})
+        W_hat, mask, _ = mask_search(Wf, Hf, mask, nm, W0=W0, percdamp=percdamp, name=name, **search)
+        return W_hat, mask, lam
+    if method == "sparsegpt":
+        from iobs.obs.sparsegpt import sparsegpt
+
+        return sparsegpt(
+            Wf, Hf, sparsity, nm, per_row=per_row, blocksize=blocksize, percdamp=percdamp, name=name
+        )
+    if method == "alps":
+        from iobs.obs.alps import alps
+
+        W_hat, mask, _ = alps(Wf, Hf, sparsity, nm, per_row=per_row, percdamp=percdamp, name=name, **search)
+        return W_hat, mask, percdamp * float(Hf.diagonal().mean())
+    if method == "obc":
+        from iobs.obs.obc import obc
+
+        return obc(Wf, Hf, sparsity, nm, per_row=per_row, percdamp=percdamp, name=name)
+    from iobs.obs.scores import magnitude_mask, wanda_mask
+
+    if method == "wanda":
+        mask = wanda_mask(Wf, Hf, sparsity, nm, per_row=per_row)
+    else:
+        mask = magnitude_mask(Wf, sparsity, nm, per_row=per_row)
+    return Wf * mask, mask, 0.0
+
+
+def _prune(W, H, method, sparsity, nm, per_row, blocksize, percdamp, name, search) -> LayerResult:
     t0 = time.perf_counter()
     dtype = _work_dtype(W)
     Wf = W.to(dtype)
@@ -134,24 +190,8 @@ def _prune(W, H, method, sparsity, nm, per_row, blocksize, percdamp, name) -> La
     lam = 0.0
     if nm is None and sparsity == 0.0:
         W_hat, mask = Wf.clone(), torch.ones_like(Wf, dtype=torch.bool)
-    elif method == "sparsegpt":
-        from iobs.obs.sparsegpt import sparsegpt
-
-        W_hat, mask, lam = sparsegpt(
-            Wf, Hf, sparsity, nm, per_row=per_row, blocksize=blocksize, percdamp=percdamp, name=name
-        )
-    elif method == "obc":
-        from iobs.obs.obc import obc
-
-        W_hat, mask, lam = obc(Wf, Hf, sparsity, nm, per_row=per_row, percdamp=percdamp, name=name)
     else:
-        from iobs.obs.scores import magnitude_mask, wanda_mask
-
-        if method == "wanda":
-            mask = wanda_mask(Wf, Hf, sparsity, nm, per_row=per_row)
-        else:
-            mask = magnitude_mask(Wf, sparsity, nm, per_row=per_row)
-        W_hat = Wf * mask
+        W_hat, mask, lam = _solve(Wf, Hf, method, sparsity, nm, per_row, blocksize, percdamp, name, search)
     error = layer_error(Wf, W_hat, Hf)
     if W.is_cuda:
         torch.cuda.synchronize(W.device)

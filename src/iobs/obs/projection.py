@@ -59,7 +59,8 @@ def obs_project(
 
     ``theta_plus`` is (d,) or (r, d); ``mask`` (True = kept) is (d,) or (r, d) (per-row supports);
     ``H`` (d, d) is shared. When all rows share one mask, one Cholesky factorisation of H_QQ serves all;
-    otherwise rows are solved as a batch (``chunk`` at a time) of d×d systems [H_QQ 0; 0 I].
+    otherwise each row's kept coordinates are gathered (``support_index``) and the rows are solved as a
+    batch (``chunk`` at a time) of m×m systems H[Q_r, Q_r], m = the largest |Q_r| (identity on padding).
     """
     check_shape("H", H, (H.shape[0], H.shape[0]))
     d = H.shape[0]
@@ -74,15 +75,37 @@ def obs_project(
         )
         out = (rows + torch.cholesky_solve(rhs.T, L).T) * u
         return out.squeeze(0) if vec else out
-    out = torch.empty_like(rows)
-    eye = torch.eye(d, dtype=rows.dtype, device=rows.device)
+    out = rows * keep
+    idx, valid = support_index(mask)
+    if idx.shape[1] == 0:
+        return out.squeeze(0) if vec else out
+    chunk = max(1, min(chunk, (1 << 28) // max(1, idx.shape[1] ** 2 * rows.element_size())))
     for start in range(0, rows.shape[0], chunk):
-        u = keep[start : start + chunk]  # (c, d)
-        M = H * (u[:, :, None] * u[:, None, :]) + eye * (1 - u)[:, None, :]
+        sl = slice(start, start + chunk)
+        M = restricted(H, idx[sl], valid[sl])
         L = cholesky_or_raise(M, "H restricted to the kept support (H_QQ)")
-        delta = torch.cholesky_solve(rhs[start : start + chunk, :, None], L).squeeze(-1)
-        out[start : start + chunk] = (rows[start : start + chunk] + delta) * u
+        b = (rhs[sl].gather(1, idx[sl]) * valid[sl])[:, :, None]
+        out[sl].scatter_add_(1, idx[sl], torch.cholesky_solve(b, L).squeeze(-1) * valid[sl])
     return out.squeeze(0) if vec else out
+
+
+def support_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the indices of the True entries of ``mask`` (r, d), padded to the longest row: (idx, valid),
+    both (r, m) with m = max row count; padding repeats other (unkept) indices and has valid = False."""
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    m = int(mask.sum(1).max()) if mask.numel() else 0
+    idx = order[:, :m]
+    return idx, mask.gather(1, idx)
+
+
+def restricted(H: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The batch of H[Q_r, Q_r] for the index sets of ``support_index``: (c, m, m), identity on padding."""
+    M = H[idx[:, :, None], idx[:, None, :]]
+    if not bool(valid.all()):
+        v = valid.to(H.dtype)
+        M.mul_(v[:, :, None] * v[:, None, :])
+        M.diagonal(dim1=1, dim2=2).add_(1 - v)
+    return M
 
 
 def obs_project_lowrank(
@@ -194,34 +217,60 @@ def _check_n_prune(n_prune, nm, d: int) -> int:
 def _greedy_obs_chunk(w: torch.Tensor, Hinv: torch.Tensor, n_prune: int, nm) -> torch.Tensor:
     """``greedy_obs`` on a chunk of rows ``w`` (c, d), updated in place; returns their masks."""
     c, d = w.shape
-    Hc = Hinv.expand(c, d, d).clone()
-    diag = Hc.diagonal(dim1=1, dim2=2)  # a view: follows the downdates
-    inf = torch.tensor(float("inf"), dtype=w.dtype, device=w.device)
-    pen = torch.zeros(c, d, dtype=w.dtype, device=w.device)  # +inf = not removable
-    keep = torch.ones(c, d, dtype=torch.bool, device=w.device)
-    if nm is not None:
+    if nm is None:
+        group = torch.zeros(c, d, dtype=torch.long, device=w.device)
+        cap = torch.full((c, 1), d - n_prune, dtype=torch.long, device=w.device)
+    else:
         N, M = nm
-        removed = torch.zeros(c, d // M, dtype=torch.long, device=w.device)
-        group_pen = pen.view(c, d // M, M)
-    ar = torch.arange(c, device=w.device)
-    for _ in range(n_prune):
-        i = (w * w / diag + pen).argmin(dim=1)
-        col = Hc[ar, :, i]  # (c, d): Hinv[:, i] (symmetric)
-        hii = col[ar, i]
-        w.addcmul_(col, (w[ar, i] / hii)[:, None], value=-1.0)
-        Hc.baddbmm_(col[:, :, None], (col / hii[:, None])[:, None, :], alpha=-1.0)
-        Hc[ar, i, :] = 0.0
-        Hc[ar, :, i] = 0.0
-        Hc[ar, i, i] = 1.0  # removed: w_i = 0 and score 0/1 + inf
-        w[ar, i] = 0.0
-        pen[ar, i] = inf
-        keep[ar, i] = False
-        if nm is not None:
-            g = i // M
-            removed[ar, g] += 1
-            closed = removed[ar, g] >= M - N
-            group_pen[ar, g] += torch.where(closed, inf, 0.0)[:, None]
+        group = (torch.arange(d, device=w.device) // M).expand(c, d)
+        cap = torch.full((c, d // M), N, dtype=torch.long, device=w.device)
+    theta, keep = greedy_remove(w, Hinv, group, cap, steps=n_prune)
+    w.copy_(theta)
     return keep
+
+
+def greedy_remove(
+    theta: torch.Tensor, Hinv: torch.Tensor, group: torch.Tensor, cap: torch.Tensor, steps: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy OBS removal with exact updates, batched over rows, each row in its own groups with budgets.
+
+    ``theta`` (c, m) is the minimiser of the quadratic on each row's current set, ``Hinv`` (m, m) shared
+    or (c, m, m) per row the inverse of H on that set; ``group`` (c, m) the group of each coordinate
+    (−1: not in the set, never removed) and ``cap`` (c, G) how many each group may keep. While a row has a
+    group above its cap (at most ``steps`` removals), remove i = argmin θ_i²/[Hinv]_ii over the groups
+    above cap and set θ ← θ − (θ_i/[Hinv]_ii) Hinv[:, i], Hinv ← Hinv − Hinv[:, i] Hinv[i, :]/[Hinv]_ii.
+    The downdates are lazy: Hinv is never changed, its current column is Hinv[:, i] − U U[i]ᵀ with U the
+    scaled columns of earlier removals (c·m·t per step, not c·m²). Returns (θ, kept mask).
+    """
+    c, m = theta.shape
+    theta = theta.clone()
+    alive = group >= 0
+    g = group.clamp_min(0)
+    count = torch.zeros(cap.shape, dtype=torch.long, device=theta.device).scatter_add_(1, g, alive.long())
+    excess = int((count - cap).clamp_min(0).sum(1).max()) if c else 0
+    steps = excess if steps is None else min(int(steps), excess)
+    diag = Hinv.diagonal(dim1=-2, dim2=-1).expand(c, m).clone()
+    U = torch.zeros(c, max(steps, 1), m, dtype=theta.dtype, device=theta.device)
+    ar = torch.arange(c, device=theta.device)
+    inf = torch.tensor(float("inf"), dtype=theta.dtype, device=theta.device)
+    tiny = torch.finfo(theta.dtype).tiny
+    for t in range(steps):
+        ok = alive & (count.gather(1, g) > cap.gather(1, g))
+        score = torch.where(ok, theta * theta / diag.clamp_min(tiny), inf)
+        i = score.argmin(1)
+        act = ok[ar, i]
+        col = Hinv[i] if Hinv.dim() == 2 else Hinv[ar, i]
+        if t:
+            col = col - torch.bmm(U[ar, :t, i][:, None, :], U[:, :t]).squeeze(1)
+        hii = torch.where(act, col[ar, i], torch.ones_like(col[ar, i])).clamp_min(tiny)
+        scale = act.to(theta.dtype)
+        U[:, t] = col * (scale / hii.sqrt())[:, None]
+        theta.addcmul_(col, (theta[ar, i] * scale / hii)[:, None], value=-1.0)
+        diag.addcmul_(U[:, t], U[:, t], value=-1.0)
+        theta[ar, i] = torch.where(act, torch.zeros_like(hii), theta[ar, i])
+        alive[ar, i] &= ~act
+        count[ar, g[ar, i]] -= act.long()
+    return theta * alive, alive
 
 
 def _greedy_obs_row(w: torch.Tensor, Hinv: torch.Tensor, n_prune: int):
