@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import torch
+from llm_common import set_threads
 
 from iobs.data.calibration import CalibrationStream
 from iobs.models import load_model
 from iobs.obs.layer import prune_layer
 from iobs.prune.decoder import prune_decoder
-from llm_common import set_threads
 
 LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
