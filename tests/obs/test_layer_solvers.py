@@ -150,3 +150,16 @@ def test_bad_input_is_named():
         refit(W, H, W != 0, solver="qr")
     with pytest.raises(ValueError, match="mask must be a boolean"):
         refit(W, H, torch.ones(3, 10, dtype=torch.bool))
+
+
+def test_config_wires_the_new_solvers_and_refit():
+    from iobs.prune.config import PruneConfig
+
+    cfg = PruneConfig("tiny-llama", method="mask-search", sparsity=0.7, refit=True, warm="alps")
+    s = cfg.solver()
+    assert (s.method, s.refit, s.warm) == ("mask-search", True, "alps")
+    W, H = layer(8, 12, 11)
+    res = s(W, H, "layer")
+    assert res.method == "mask-search+refit" and int((~res.mask).sum()) == int(0.7 * 96)
+    with pytest.raises(ValueError, match="warm"):
+        PruneConfig("tiny-llama", warm="obc")

@@ -15,6 +15,7 @@ from iobs._validate import check_int_range, check_sparsity, parse_nm
 from iobs.config import csv_list, option
 from iobs.data.calibration import CALIB_SOURCES
 from iobs.obs.layer import METHODS as LAYER_SOLVERS
+from iobs.obs.mask_search import WARM_STARTS
 from iobs.prune.decoder import SEQUENTIAL
 from iobs.prune.dense_step import DENSE_STEPS
 from iobs.prune.solve import LayerSolver
@@ -64,6 +65,8 @@ class PruneConfig:
     blocksize: int = option(128, "SparseGPT column block size")
     percdamp: float = option(0.01, "damping as a fraction of mean(diag H)")
     per_row: bool = option(False, "apply --sparsity in every row")
+    refit: bool = option(False, "re-fit each layer's kept weights exactly on its mask after the solver")
+    warm: str = option("sparsegpt", "warm start of --method/--layer-solver mask-search", choices=WARM_STARTS)
     sequential: str = option(
         "block",
         "block: all layers of a block from one pass; true: re-run after each group",
@@ -115,6 +118,7 @@ class PruneConfig:
                 f"percdamp must be a number >= 0 (a fraction of mean(diag H)), got {self.percdamp!r}"
             )
         _check_choice("sequential", self.sequential, SEQUENTIAL)
+        _check_choice("warm", self.warm, WARM_STARTS)
         _check_choice("dtype", self.dtype, tuple(DTYPES))
         self.include, self.exclude = _patterns("include", self.include), _patterns("exclude", self.exclude)
         if isinstance(self.eval, str):
@@ -170,7 +174,16 @@ class PruneConfig:
     def solver(self) -> LayerSolver:
         """The layer solver: ``method`` (one-shot) or ``layer_solver`` (inside I-OBS)."""
         method = self.layer_solver if self.method == "iobs" else self.method
-        return LayerSolver(method, self.sparsity, self.pattern, self.per_row, self.blocksize, self.percdamp)
+        return LayerSolver(
+            method,
+            self.sparsity,
+            self.pattern,
+            self.per_row,
+            self.blocksize,
+            self.percdamp,
+            self.refit,
+            self.warm,
+        )
 
     def key(self) -> str:
         """Hash of the fields that determine the pruned weights (names the resume state)."""

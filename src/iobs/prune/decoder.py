@@ -249,6 +249,9 @@ def check_calibration(calib_ids, vocab_size: int | None = None) -> torch.Tensor:
 def _fingerprint(state_key: str, calib_ids, solver: LayerSolver, sequential: str, names) -> str:
     h = hashlib.sha256()
     opts = {"per_row": solver.per_row, "blocksize": solver.blocksize, "percdamp": solver.percdamp}
+    for k, default in (("refit", False), ("warm", "sparsegpt")):  # only when set: older states still resume
+        if getattr(solver, k, default) != default:
+            opts[k] = getattr(solver, k)
     spec = [
         state_key,
         solver.method,

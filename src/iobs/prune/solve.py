@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 class LayerSolver:
     """How every layer of a walk is pruned: :func:`iobs.obs.layer.prune_layer` with ``method`` and
     exactly one of ``sparsity`` (fraction per layer, per row with ``per_row``) or ``pattern`` (N:M);
-    ``blocksize`` and ``percdamp`` (λ = percdamp · mean(diag H)) go to the solver. Checked per layer by
-    the solver, whose errors name the layer."""
+    ``blocksize`` and ``percdamp`` (λ = percdamp · mean(diag H)) go to the solver; ``refit`` re-fits the
+    kept weights exactly on the mask afterwards; ``warm`` is the warm start of ``mask-search``. Checked
+    per layer by the solver, whose errors name the layer."""
 
     method: str = "sparsegpt"
     sparsity: float | None = 0.5
@@ -27,6 +28,8 @@ class LayerSolver:
     per_row: bool = False
     blocksize: int = 128
     percdamp: float = 0.01
+    refit: bool = False
+    warm: str = "sparsegpt"
 
     def __call__(self, W: torch.Tensor, H: torch.Tensor, name: str):
         from iobs.obs.layer import prune_layer
@@ -41,6 +44,8 @@ class LayerSolver:
             per_row=self.per_row,
             blocksize=self.blocksize,
             percdamp=self.percdamp,
+            refit=self.refit,
+            search={"warm": self.warm} if self.method == "mask-search" else None,
         )
 
 
