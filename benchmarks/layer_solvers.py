@@ -53,7 +53,25 @@ def target_kw(t: str) -> dict:
     return {"pattern": t} if ":" in t else {"sparsity": float(t)}
 
 
-def run(cache, records: Path, names, targets, layer_types, add, iters, obc_max) -> list[dict]:
+def skip(name: str, key: str, W, obc_max: int, search_max_din: int) -> bool:
+    """OBC only where it fits (d_out·d_in ≤ obc_max); the mask search only on d_in ≤ search_max_din."""
+    if name == "obc":
+        return W.numel() > obc_max
+    return name.startswith("search") and W.shape[1] > search_max_din
+
+
+def run(
+    cache,
+    records: Path,
+    names,
+    targets,
+    layer_types,
+    add,
+    iters,
+    obc_max,
+    blocks=None,
+    search_max_din=1 << 30,
+):
     data = torch.load(cache)
     done = {}
     if records.exists():
@@ -61,15 +79,15 @@ def run(cache, records: Path, names, targets, layer_types, add, iters, obc_max) 
             r = json.loads(line)
             done[(r["layer"], r["target"], r["method"])] = r
     table = methods(add, iters)
+    layers = {k: v for k, v in data["layers"].items() if k.split(".")[-1] in layer_types}
+    layers = {k: v for k, v in layers.items() if blocks is None or int(k.split(".")[0]) in blocks}
     with records.open("a") as f:
-        for key, lw in data["layers"].items():
-            if key.split(".")[-1] not in layer_types:
-                continue
-            W, H = lw["W"], lw["H"]
-            dense = layer_error(W, torch.zeros_like(W), H)
-            for t in targets:
+        for t in targets:  # target by target: a cut-off run still has whole targets
+            for key, lw in layers.items():
+                W, H = lw["W"], lw["H"]
+                dense = layer_error(W, torch.zeros_like(W), H)
                 for name in names:
-                    if (key, t, name) in done or (name == "obc" and W.numel() > obc_max):
+                    if (key, t, name) in done or skip(name, key, W, obc_max, search_max_din):
                         continue
                     t0 = time.perf_counter()
                     res = prune_layer(W, H, **table[name], **target_kw(t), name=key)
@@ -123,9 +141,11 @@ def main(argv=None):
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--layers", default=",".join(LAYER_TYPES))
     p.add_argument("--methods", default=",".join(methods(0, 0)))
-    p.add_argument("--add", type=int, default=32)
+    p.add_argument("--add", type=int, default=16)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--obc-max", type=int, default=576 * 576)
+    p.add_argument("--search-max-din", type=int, default=1 << 30, help="mask search only on d_in <= this")
+    p.add_argument("--blocks", help="comma-separated block indices (default: all in the cache)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--render-only", action="store_true")
     a = p.parse_args(argv)
@@ -135,7 +155,19 @@ def main(argv=None):
     if a.render_only:
         recs = [json.loads(x) for x in records.read_text().splitlines()]
     else:
-        recs = run(a.cache, records, names, targets, a.layers.split(","), a.add, a.iters, a.obc_max)
+        blocks = None if a.blocks is None else {int(b) for b in a.blocks.split(",")}
+        recs = run(
+            a.cache,
+            records,
+            names,
+            targets,
+            a.layers.split(","),
+            a.add,
+            a.iters,
+            a.obc_max,
+            blocks,
+            a.search_max_din,
+        )
     text = header("Layer solvers on SmolLM2 layers", sys.argv) + "\n" + render(recs, names, targets) + "\n"
     if a.out:
         atomic_write_text(a.out, text)

@@ -1,4 +1,4 @@
-"""``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda and SparseGPT and compare.
+"""``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda, SparseGPT and ALPS and compare.
 
 One dense model, one calibration batch and one fixed set of evaluation windows per corpus; every
 method prunes a fresh copy of the dense model with :func:`iobs.prune.decoder.prune_decoder` and is
@@ -22,7 +22,7 @@ import torch
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option
 
-DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt")
+DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 
 
 @dataclass
