@@ -52,7 +52,8 @@ def alps(
     pcg_iters: int = 10,
     name: str = "H",
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """ALPS on W (d_out, d_in) against H = X Xᵀ (see module). Returns (Ŵ, mask, info)."""
+    """ALPS on W (d_out, d_in) against H = X Xᵀ (see module). Returns (Ŵ, mask, info), info = ADMM
+    iterations, final ρ and the damping λ used."""
     Hl, dead = damped_hessian(H, percdamp, name)
     s = Hl.H.diagonal().sqrt()
     Hn = Hl.H / (s[:, None] * s[None, :])
@@ -90,4 +91,4 @@ def alps(
         rho = min(rho, 1e6)
         Hinv = inv(rho).to(Wn)
     Wn_hat = pcg_refit(Wn, Hn, keep, W0=D, iters=pcg_iters)
-    return Wn_hat / s, keep, {"iterations": it, "rho": rho}
+    return Wn_hat / s, keep, {"iterations": it, "rho": rho, "damping": Hl.lam}

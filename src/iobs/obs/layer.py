@@ -167,8 +167,10 @@ def _solve(Wf, Hf, method, sparsity, nm, per_row, blocksize, percdamp, name, sea
     if method == "alps":
         from iobs.obs.alps import alps
 
-        W_hat, mask, _ = alps(Wf, Hf, sparsity, nm, per_row=per_row, percdamp=percdamp, name=name, **search)
-        return W_hat, mask, percdamp * float(Hf.diagonal().mean())
+        W_hat, mask, info = alps(
+            Wf, Hf, sparsity, nm, per_row=per_row, percdamp=percdamp, name=name, **search
+        )
+        return W_hat, mask, info["damping"]
     if method == "obc":
         from iobs.obs.obc import obc
 
