@@ -107,17 +107,26 @@ def run(
     return list(done.values())
 
 
+def _geo(pairs) -> float:
+    return math.exp(sum(math.log(r["rel_error"] / b["rel_error"]) for r, b in pairs) / len(pairs))
+
+
 def render(recs: list[dict], names, targets) -> str:
+    """One row per (target, method): means over the layers it ran on; ratios per layer against SparseGPT
+    and against ALPS on the same layers (geometric means)."""
     by = {(r["layer"], r["target"], r["method"]): r for r in recs}
     rows = []
     for t in targets:
         for name in names:
             layers = [k[0] for k in by if k[1] == t and k[2] == name]
-            base = [by.get((lay, t, "sparsegpt")) for lay in layers]
-            pairs = [(by[(lay, t, name)], b) for lay, b in zip(layers, base) if b is not None]
+            pairs = [
+                (by[(lay, t, name)], by[(lay, t, "sparsegpt")])
+                for lay in layers
+                if (lay, t, "sparsegpt") in by
+            ]
+            alps = [(by[(lay, t, name)], by[(lay, t, "alps")]) for lay in layers if (lay, t, "alps") in by]
             if not pairs:
                 continue
-            ratio = math.exp(sum(math.log(r["rel_error"] / b["rel_error"]) for r, b in pairs) / len(pairs))
             n = len(pairs)
             rows.append(
                 {
@@ -125,7 +134,8 @@ def render(recs: list[dict], names, targets) -> str:
                     "method": name,
                     "layers": n,
                     "mean rel. error": f"{sum(r['rel_error'] for r, _ in pairs) / n:.5f}",
-                    "error / SparseGPT (geo. mean)": f"{ratio:.3f}",
+                    "error / SparseGPT": f"{_geo(pairs):.3f}",
+                    "error / ALPS (same layers)": f"{_geo(alps):.3f}" if alps else "-",
                     "s / layer": f"{sum(r['seconds'] for r, _ in pairs) / n:.2f}",
                     "SparseGPT s / layer (same layers)": f"{sum(b['seconds'] for _, b in pairs) / n:.2f}",
                 }
