@@ -28,6 +28,7 @@ import torch
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option, to_dict
 from iobs.reproduce.output import subplots, write
+from iobs.reproduce.reference import reference_splits
 from iobs.utils import atomic_write_json, environment, markdown_table
 
 DEFAULT_SPARSITIES = {
@@ -189,32 +190,8 @@ class _Setup:
     test: tuple[torch.Tensor, torch.Tensor]
 
 
-def _reference(name: str, cfg: Table5Config, device: str):
-    from dataclasses import replace
-
-    from iobs.vision.train import RECIPES, reference_model
-
-    recipe = RECIPES[name]  # --val-size picks from the reference's held-out images; it never retrains
-    if cfg.val_size > recipe.val_size:
-        raise ValueError(
-            f"--val-size must be in [1, {recipe.val_size}] (the reference's held-out images), "
-            f"got {cfg.val_size}"
-        )
-    if cfg.train_limit:
-        recipe = replace(recipe, train_limit=cfg.train_limit)
-    if cfg.epochs:
-        recipe = replace(recipe, epochs=cfg.epochs)
-    return reference_model(name, recipe, cache_dir=cfg.cache_dir, device=device), recipe
-
-
 def _setup(name: str, cfg: Table5Config, dev: torch.device) -> _Setup:
-    from iobs.vision.data import load_split
-
-    (model, info), recipe = _reference(name, cfg, str(dev))
-    train = load_split(recipe.dataset, "train", val_size=recipe.val_size)
-    val = load_split(recipe.dataset, "val", val_size=recipe.val_size)
-    val = val.subset(slice(len(val) - cfg.val_size, None))  # the last val_size held-out images
-    test = load_split(recipe.dataset, "test", limit=cfg.test_limit)
+    model, info, _, train, val, test = reference_splits(name, cfg, str(dev))
     N, T, L = cfg.grads, cfg.iterations, cfg.line_search_size
     its, line = calibration_starts(N, T, L, cfg.budget, cfg.first_share)
     need = max(line[1], its[-1][1])
