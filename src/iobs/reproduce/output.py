@@ -48,6 +48,7 @@ def write(out: str | Path, files: dict[str, object], bbox: str | None = None) ->
         elif name.endswith(".md"):
             atomic_write_text(path, content)
         elif name.endswith(".png") and callable(content):
+            path.parent.mkdir(parents=True, exist_ok=True)
             content(path)
         elif name.endswith(".png"):
             atomic_write_bytes(path, png(content, bbox))
