@@ -23,8 +23,8 @@ import torch
 from iobs._validate import check_int_range
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option
-from iobs.reproduce.output import subplots, write
-from iobs.utils import environment, markdown_table
+from iobs.reproduce.output import run_target, subplots
+from iobs.utils import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,6 @@ class Figure1Config:
         for name, (quick, full) in QUICK.items():
             if getattr(self, name) is None:
                 setattr(self, name, quick if self.quick else full)
-        self.validate()
-
-    def validate(self) -> None:
         from iobs.recovery.solvers import SOLVERS
 
         check_int_range("runs", self.runs, 0, 10_000)
@@ -110,9 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# running
-# ----------------------------------------------------------------------------------------------
 def _iters_to(history: list[dict], target: float) -> int | None:
     for h in history:
         rd = h.get("rel_distance")
@@ -126,23 +120,12 @@ def solve_problem(problem, k: int, solver: str, cfg: Figure1Config) -> dict:
     from iobs.recovery.solvers import solve
 
     obj = problem.objective()
-    kwargs = {} if cfg.tol is None else {"tol": cfg.tol}
+    kwargs = {"device": cfg.device, "dtype": torch.float64, "seed": problem.seed}
+    kwargs |= {} if cfg.tol is None else {"tol": cfg.tol}
     t0 = time.perf_counter()
-    res = solve(
-        obj,
-        k,
-        solver=solver,
-        max_iter=cfg.max_iter,
-        theta_star=problem.theta_star,
-        device=cfg.device,
-        dtype=torch.float64,
-        seed=problem.seed,
-        **kwargs,
-    )
+    res = solve(obj, k, solver=solver, max_iter=cfg.max_iter, theta_star=problem.theta_star, **kwargs)
     wall = time.perf_counter() - t0
     theta = res.theta.detach().to("cpu", torch.float64)
-    objective = [float(h["objective"]) for h in res.history]
-    distance = [float(h["distance"]) for h in res.history]
     return {
         "solver": solver,
         "seed": problem.seed,
@@ -155,8 +138,8 @@ def solve_problem(problem, k: int, solver: str, cfg: Figure1Config) -> dict:
         "final_rel_distance": problem.rel_error(theta),
         "iters_to_1e-6": _iters_to(res.history, REL_TARGET),
         "time_s": wall,
-        "objective_curve": objective,
-        "distance_curve": distance,
+        "objective_curve": [float(h["objective"]) for h in res.history],
+        "distance_curve": [float(h["distance"]) for h in res.history],
         "theta": theta,
     }
 
@@ -187,27 +170,25 @@ def summarise(records: list[dict]) -> dict:
         v = torch.tensor([float(r[name]) for r in records], dtype=torch.float64)
         return float(v.mean()), float(v.std(unbiased=False)) if len(v) > 1 else 0.0
 
-    iters = [r["iters_to_1e-6"] for r in records]
-    reached = [i for i in iters if i is not None]
-    summary.update(
-        {
-            "runs": len(records),
-            "final_objective_mean": stat("final_objective")[0],
-            "final_objective_std": stat("final_objective")[1],
-            "final_distance_mean": stat("final_distance")[0],
-            "final_distance_std": stat("final_distance")[1],
-            "final_rel_distance_max": max(r["final_rel_distance"] for r in records),
-            "reached_1e-6": len(reached),
-            "iters_to_1e-6_mean": sum(reached) / len(reached) if reached else None,
-            "iters_to_1e-6_max": max(reached) if reached else None,
-            "time_s_mean": stat("time_s")[0],
-            "time_s_median": float(torch.tensor([r["time_s"] for r in records]).median()),
-        }
-    )
-    return summary
+    reached = [r["iters_to_1e-6"] for r in records if r["iters_to_1e-6"] is not None]
+    (fo_mean, fo_std), (fd_mean, fd_std) = stat("final_objective"), stat("final_distance")
+    return summary | {
+        "runs": len(records),
+        "final_objective_mean": fo_mean,
+        "final_objective_std": fo_std,
+        "final_distance_mean": fd_mean,
+        "final_distance_std": fd_std,
+        "final_rel_distance_max": max(r["final_rel_distance"] for r in records),
+        "reached_1e-6": len(reached),
+        "iters_to_1e-6_mean": sum(reached) / len(reached) if reached else None,
+        "iters_to_1e-6_max": max(reached) if reached else None,
+        "time_s_mean": stat("time_s")[0],
+        "time_s_median": float(torch.tensor([r["time_s"] for r in records]).median()),
+    }
 
 
 def run_fig1a(cfg: Figure1Config, progress=None) -> dict:
+    """``{"per_solver": {solver: [record per run]}}`` on the Gaussian prior."""
     from iobs.recovery.problems import gaussian_prior
 
     per_solver = {s: [] for s in cfg.solvers}
@@ -217,20 +198,17 @@ def run_fig1a(cfg: Figure1Config, progress=None) -> dict:
             per_solver[s].append(solve_problem(p, cfg.k, s, cfg))
             if progress:
                 progress(f"fig1a run {r + 1}/{cfg.runs} {s}")
-    return per_solver
+    return {"per_solver": per_solver}
 
 
 def digit_indices(labels: torch.Tensor, count: int) -> list[int]:
     """Index of the first digit of each class 0, 1, ..., count-1."""
-    out = []
-    for c in range(count):
-        hit = (labels == c).nonzero()
-        if len(hit):
-            out.append(int(hit[0]))
-    return out
+    hits = [(labels == c).nonzero() for c in range(count)]
+    return [int(hit[0]) for hit in hits if len(hit)]
 
 
-def run_fig1b(cfg: Figure1Config, progress=None) -> tuple[dict, list[dict]]:
+def run_fig1b(cfg: Figure1Config, progress=None) -> dict:
+    """``{"per_solver": {solver: [record per digit]}, "digits": [...]}`` on MNIST digits."""
     from iobs.data.mnist import load_mnist
     from iobs.recovery.problems import mnist_prior
 
@@ -257,12 +235,9 @@ def run_fig1b(cfg: Figure1Config, progress=None) -> tuple[dict, list[dict]]:
             per_solver[s].append(rec)
             if progress:
                 progress(f"fig1b digit {j + 1}/{len(indices)} {s}")
-    return per_solver, digits
+    return {"per_solver": per_solver, "digits": digits}
 
 
-# ----------------------------------------------------------------------------------------------
-# plots and tables
-# ----------------------------------------------------------------------------------------------
 def plot_curves(per_solver: dict, title: str):
     """Two log-scale panels, objective and ‖θ − θ*‖ per iteration.
 
@@ -288,16 +263,8 @@ def plot_curves(per_solver: dict, title: str):
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend()
-    axes[1].text(
-        0.99,
-        0.99,
-        "mean ± std of log10 over runs",
-        transform=axes[1].transAxes,
-        ha="right",
-        va="top",
-        fontsize=8,
-        color="0.3",
-    )
+    note = dict(transform=axes[1].transAxes, ha="right", va="top", fontsize=8, color="0.3")
+    axes[1].text(0.99, 0.99, "mean ± std of log10 over runs", **note)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -334,44 +301,32 @@ def table_rows(case: str, per_solver: dict) -> list[dict]:
         if not records:
             continue
         sm = summarise(records)
-        rows.append(
-            {
-                "case": case,
-                "solver": LABELS.get(s, s),
-                "runs": sm["runs"],
-                "final objective (mean)": sm["final_objective_mean"],
-                "final ‖θ−θ*‖ (mean ± std)": f"{sm['final_distance_mean']:.3g} "
-                f"± {sm['final_distance_std']:.2g}",
-                "max rel. error": sm["final_rel_distance_max"],
-                "reached 1e-6": f"{sm['reached_1e-6']}/{sm['runs']}",
-                "iters to 1e-6 (mean / max)": "—"
-                if sm["iters_to_1e-6_mean"] is None
-                else f"{sm['iters_to_1e-6_mean']:.1f} / {sm['iters_to_1e-6_max']}",
-                "time / solve (s, median)": sm["time_s_median"],
-            }
-        )
+        mean, worst = sm["iters_to_1e-6_mean"], sm["iters_to_1e-6_max"]
+        row = {"case": case, "solver": LABELS.get(s, s), "runs": sm["runs"]}
+        row["final objective (mean)"] = sm["final_objective_mean"]
+        row["final ‖θ−θ*‖ (mean ± std)"] = f"{sm['final_distance_mean']:.3g} ± {sm['final_distance_std']:.2g}"
+        row["max rel. error"] = sm["final_rel_distance_max"]
+        row["reached 1e-6"] = f"{sm['reached_1e-6']}/{sm['runs']}"
+        row["iters to 1e-6 (mean / max)"] = "—" if mean is None else f"{mean:.1f} / {worst}"
+        rows.append(row | {"time / solve (s, median)": sm["time_s_median"]})
     return rows
 
 
 def _strip(records: list[dict]) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if k not in ("theta", "theta_early", "objective_curve", "distance_curve")}
-        for r in records
-    ]
+    """The records without iterates and curves (results.json keeps the curves' summary)."""
+    drop = ("theta", "theta_early", "objective_curve", "distance_curve")
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
 
 
-def experiment(cfg: Figure1Config, progress=None) -> dict:
+def experiment(cfg: Figure1Config, progress=log.info) -> dict:
     """Both panels: ``{"fig1a": {...}, "fig1b": {...}}`` with per-solver records (iterates included)."""
     cases = {}
     torch.manual_seed(cfg.seed)
-    if cfg.runs:
-        t0 = time.perf_counter()
-        a = run_fig1a(cfg, progress)
-        cases["fig1a"] = {"time_s": time.perf_counter() - t0, "per_solver": a}
-    if cfg.digits:
-        t0 = time.perf_counter()
-        b, digits = run_fig1b(cfg, progress)
-        cases["fig1b"] = {"time_s": time.perf_counter() - t0, "per_solver": b, "digits": digits}
+    for name, count, run_case in (("fig1a", cfg.runs, run_fig1a), ("fig1b", cfg.digits, run_fig1b)):
+        if count:
+            t0 = time.perf_counter()
+            case = run_case(cfg, progress)
+            cases[name] = {"time_s": time.perf_counter() - t0} | case
     return cases
 
 
@@ -423,10 +378,7 @@ def run(args) -> int:
     cfg = from_args(Figure1Config, args)
     if args.threads is not None:
         torch.set_num_threads(check_int_range("threads", args.threads, 1, 1024))
-    env, t0 = environment(), time.perf_counter()
-    cases = experiment(cfg, progress=log.info)
-    files = render(cases, cfg, time.perf_counter() - t0, env)
-    write(args.out, files, bbox="tight")
+    files = run_target(cfg, experiment, render, out=args.out, bbox="tight")
     print(markdown_table(files["results.json"]["table"]))
     print(f"wrote {', '.join(files['results.json']['files'])} to {args.out}")
     return 0

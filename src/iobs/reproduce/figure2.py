@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from iobs.config import option
 from iobs.reproduce import table2
-from iobs.reproduce.output import subplots, write
+from iobs.reproduce.output import run_target, subplots
 from iobs.utils import markdown_table
 
 
@@ -55,13 +55,20 @@ def plot(runs: list[dict], model: str):
     return fig
 
 
-def render(runs: list[dict], cfg: Figure2Config, setting: dict) -> dict:
+def experiment(cfg: Figure2Config) -> list[dict]:
+    """The Table 2 run of the first setting per pattern, run or extended to ``cfg.iterations``."""
+    setting, dense = table2.parse_setting(cfg.settings[0]), {}
+    return [table2.run_one(cfg, p, setting, dense) for p in cfg.pattern_list()]
+
+
+def render(runs: list[dict], cfg: Figure2Config, seconds: float, env: dict) -> dict:
     """The history plots, figure2.png and the per-iteration rows as figure2.json and figure2.md."""
+    setting = table2.parse_setting(cfg.settings[0])
     rows = [
         {
             "pattern": r["pattern"],
             "iteration": h["iteration"],
-            **{c: h["metrics"][f"ppl:{c}"] for c in table2.CORPORA},
+            **table2.ppl(h["metrics"]),
             "best": "★" if h["iteration"] == r["best_iteration"] else "",
         }
         for r in runs
@@ -76,10 +83,6 @@ def render(runs: list[dict], cfg: Figure2Config, setting: dict) -> dict:
 
 
 def run(args) -> int:
-    cfg = table2.config_from_args(args, Figure2Config)
-    setting = table2.parse_setting(cfg.settings[0])
-    runs = table2.experiment(cfg, [setting])
-    files = render(runs, cfg, setting)
-    write(cfg.out, files)
+    files = run_target(table2.config_from_args(args, Figure2Config), experiment, render)
     print(markdown_table(files["figure2.json"]["rows"]))
     return 0

@@ -7,10 +7,12 @@ function ``draw(path)`` for a plot drawn by code that writes its own file.
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
 
 DPI = 110
 
@@ -23,18 +25,6 @@ def subplots(*args, **kwargs):
     import matplotlib.pyplot as plt
 
     return plt.subplots(*args, **kwargs)
-
-
-def png(fig, bbox: str | None = None) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches=bbox)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def write(out: str | Path, files: dict[str, object], bbox: str | None = None) -> list[Path]:
@@ -51,11 +41,26 @@ def write(out: str | Path, files: dict[str, object], bbox: str | None = None) ->
             path.parent.mkdir(parents=True, exist_ok=True)
             content(path)
         elif name.endswith(".png"):
-            atomic_write_bytes(path, png(content, bbox))
+            import matplotlib.pyplot as plt
+
+            buf = io.BytesIO()
+            content.savefig(buf, format="png", dpi=DPI, bbox_inches=bbox)
+            plt.close(content)
+            atomic_write_bytes(path, buf.getvalue())
         else:
             raise ValueError(f"output {name!r}: the name must end in .json, .md or .png")
         written.append(path)
     return written
+
+
+def run_target(cfg, experiment, render, out: str | Path | None = None, bbox: str | None = None) -> dict:
+    """The command of every target: ``render(experiment(cfg), cfg, seconds, environment())`` written into
+    ``out`` (default ``cfg.out``); returns the rendered files."""
+    t0 = time.perf_counter()
+    records = experiment(cfg)
+    files = render(records, cfg, time.perf_counter() - t0, environment())
+    write(cfg.out if out is None else out, files, bbox)
+    return files
 
 
 def history_plot(loop: dict, metrics: list[str], title: str) -> Callable[[Path], object]:

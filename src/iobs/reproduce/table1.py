@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option, to_dict
-from iobs.reproduce.output import history_plot, write
-from iobs.utils import environment, markdown_table
+from iobs.reproduce.output import history_plot, run_target
+from iobs.utils import markdown_table
 
 DENSE_STEPS = ("newton", "finetune", "none")
 
@@ -68,8 +68,7 @@ class Table1Config:
 
         self.sparsity = check_sparsity(self.sparsity, "--sparsity")
         if self.quick:
-            # fewer iterations only: 2000-image val / test sets cannot resolve the 0.1-0.4 point gains
-            # measured
+            # fewer iterations only: 2000-image val / test sets cannot resolve 0.1-0.4 point gains
             self.iterations = min(self.iterations, 5)
         for k in ("iterations", "nsamples", "batch_size", "val_size", "ft_epochs"):
             if getattr(self, k) < 1:
@@ -218,25 +217,16 @@ def _iobs(model, cfg: Table1Config, src: dict, include, dev):
         extra = {"seed": t} if cfg.dense_step == "finetune" else {}
         return dense_step(cfg.dense_step, m, batches, classification_loss, **step_kw, **extra)
 
-    def show(entry):
-        met = entry["metrics"]
-        print(
-            f"[{src['name']}] {entry.get('label', entry['iteration'])}: "
-            f"test top-1 {100 * met['accuracy']:.2f}  val {100 * met['val_accuracy']:.2f}",
-            flush=True,
-        )
+    def evaluate(m):
+        return {"val_accuracy": accuracy(m, vX, vy), "accuracy": accuracy(m, tX, ty)}
 
-    return run_iobs(
-        model,
-        iterations=cfg.iterations,
-        calibration=calibration,
-        project=project,
-        dense_step=step,
-        evaluate=lambda m: {"val_accuracy": accuracy(m, vX, vy), "accuracy": accuracy(m, tX, ty)},
-        select="val_accuracy",
-        mode="max",
-        on_iteration=show,
-    )
+    def show(entry):
+        met, label = entry["metrics"], entry.get("label", entry["iteration"])
+        top1 = f"test top-1 {100 * met['accuracy']:.2f}  val {100 * met['val_accuracy']:.2f}"
+        print(f"[{src['name']}] {label}: {top1}", flush=True)
+
+    kw = dict(calibration=calibration, project=project, dense_step=step, evaluate=evaluate, on_iteration=show)
+    return run_iobs(model, iterations=cfg.iterations, select="val_accuracy", mode="max", **kw)
 
 
 def experiment(cfg: Table1Config) -> dict:
@@ -249,26 +239,16 @@ def experiment(cfg: Table1Config) -> dict:
     _layers(src["model"], include, cfg.exclude)
     pruned = copy.deepcopy(src["model"])
     res = _iobs(pruned, cfg, src, include, dev)
-    records = [
-        {
-            "model": src["name"],
-            "method": "dense" if h["iteration"] == 0 else "iobs",
-            "sparsity": 0.0 if h["iteration"] == 0 else cfg.sparsity,
-            "iteration": None if h["iteration"] == 0 else h["iteration"],
-            "accuracy": h["metrics"]["accuracy"],
-            "val_accuracy": h["metrics"]["val_accuracy"],
-            "selected": h["iteration"] == res.best,
-        }
-        for h in res.history
-    ]
-    keep = ("name", "title", "info", "dense_note")
-    return {k: src[k] for k in keep} | {
-        "records": records,
-        "loop": res.to_dict(),
-        "layer_sparsity": _layer_sparsity(pruned, include, cfg.exclude),
-        "n_val": len(src["val"][1]),
-        "n_test": len(src["test"][1]),
-    }
+    records = []
+    for h in res.history:
+        t, met = h["iteration"], h["metrics"]
+        rec = {"model": src["name"], "method": "iobs", "sparsity": cfg.sparsity, "iteration": t}
+        rec |= {"method": "dense", "sparsity": 0.0, "iteration": None} if t == 0 else {}
+        rec |= {"accuracy": met["accuracy"], "val_accuracy": met["val_accuracy"], "selected": t == res.best}
+        records.append(rec)
+    out = {k: src[k] for k in ("name", "title", "info", "dense_note")} | {"records": records}
+    out |= {"loop": res.to_dict(), "layer_sparsity": _layer_sparsity(pruned, include, cfg.exclude)}
+    return out | {"n_val": len(src["val"][1]), "n_test": len(src["test"][1])}
 
 
 def _row_name(iteration: int | None) -> str:
@@ -295,8 +275,8 @@ def render(result: dict, cfg: Table1Config, seconds: float, env: dict) -> dict:
             "row": _row_name(r["iteration"]),
             "test top-1": 100 * r["accuracy"],
             "val top-1": 100 * r["val_accuracy"],
-            "best": "*" if r["selected"] else "",
         }
+        | {"best": "*" if r["selected"] else ""}
         for r in records
     ]
     s = f"{100 * cfg.sparsity:g}%"
@@ -312,20 +292,13 @@ def render(result: dict, cfg: Table1Config, seconds: float, env: dict) -> dict:
     title = f"{result['name']}: top-1 per I-OBS iteration ({s} sparsity)"
     report = {"config": to_dict(cfg), "reference": result["info"], "loop": result["loop"]}
     report |= {"layer_sparsity": result["layer_sparsity"], "seconds": seconds, "environment": env}
-    return {
-        "results.json": records,
-        "table.md": md,
-        "table1.png": history_plot(result["loop"], ["accuracy", "val_accuracy"], title),
-        "report.json": report,
-    }
+    plot = history_plot(result["loop"], ["accuracy", "val_accuracy"], title)
+    return {"results.json": records, "table.md": md, "table1.png": plot, "report.json": report}
 
 
 def run(args) -> int:
     cfg = from_args(Table1Config, args)
-    t0 = time.perf_counter()
-    result = experiment(cfg)
-    files = render(result, cfg, time.perf_counter() - t0, environment())
-    paths = write(cfg.out, files)
+    files = run_target(cfg, experiment, render)
     print(files["table.md"])
-    print(f"wrote {', '.join(map(str, paths[:3]))}")
+    print(f"wrote {', '.join(str(Path(cfg.out) / name) for name in list(files)[:3])}")
     return 0

@@ -22,8 +22,8 @@ import torch
 
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import from_args, option, to_dict
-from iobs.reproduce.output import history_plot, write
-from iobs.utils import atomic_write_json, environment, markdown_table
+from iobs.reproduce.output import history_plot, run_target
+from iobs.utils import atomic_write_json, markdown_table
 
 CORPORA = ("wiki-val", "wiki-test", "news")
 SELECT = "ppl:wiki-val"
@@ -85,13 +85,8 @@ class Table2Config:
 def add_arguments(p: argparse.ArgumentParser, cls: type[Table2Config] = Table2Config) -> None:
     add_config_arguments(p, cls)
     default = next(f for f in dataclasses.fields(cls) if f.name == "settings").default_factory()
-    p.add_argument(
-        "--settings",
-        nargs="+",
-        default=default,
-        help="dense-step settings to try, e.g. finetune:lr=5e-5 newton:lr=0.01,damping=0.01 "
-        f"(default {' '.join(default)})",
-    )
+    text = "dense-step settings to try, e.g. finetune:lr=5e-5 newton:lr=0.01,damping=0.01"
+    p.add_argument("--settings", nargs="+", default=default, help=f"{text} (default {' '.join(default)})")
 
 
 def config_from_args(args, cls: type[Table2Config] = Table2Config) -> Table2Config:
@@ -101,10 +96,8 @@ def config_from_args(args, cls: type[Table2Config] = Table2Config) -> Table2Conf
 def _report(name: str):
     def show(entry: dict) -> None:
         ppl = "  ".join(f"{k.removeprefix('ppl:')} {v:.2f}" for k, v in entry["metrics"].items())
-        print(
-            f"[{name}] {entry.get('label', entry['iteration'])}: {ppl}  ({entry['seconds']:.0f} s)",
-            flush=True,
-        )
+        label = entry.get("label", entry["iteration"])
+        print(f"[{name}] {label}: {ppl}  ({entry['seconds']:.0f} s)", flush=True)
 
     return show
 
@@ -117,25 +110,11 @@ def _prune_lm(cfg: Table2Config, pattern: str, setting: dict, name: str, evaluat
     model, tok = load(cfg.model, torch.float32)
     # what determines the weights (the iteration count is left out so a rerun can extend a run)
     key = json.dumps([{k: getattr(cfg, k) for k in ("model", "nsamples", "seqlen", "windows", "seed")}, name])
-    return iobs_prune_lm(
-        model,
-        tok,
-        **_pattern_kwargs(pattern),
-        iterations=cfg.iterations,
-        nsamples=cfg.nsamples,
-        seqlen=cfg.seqlen,
-        seed=cfg.seed,
-        validation=list(CORPORA),
-        select=SELECT,
-        val_max_windows=cfg.windows,
-        device=cfg.device,
-        progress=True,
-        state_dir=Path(cfg.out) / "state" / name,
-        state_key=key,
-        on_iteration=_report(name),
-        evaluate_dense=evaluate_dense,
-        **setting,
-    )
+    kw = dict(iterations=cfg.iterations, nsamples=cfg.nsamples, seqlen=cfg.seqlen, seed=cfg.seed)
+    kw |= dict(validation=list(CORPORA), select=SELECT, val_max_windows=cfg.windows, device=cfg.device)
+    kw |= dict(state_dir=Path(cfg.out) / "state" / name, state_key=key, on_iteration=_report(name))
+    kw |= dict(progress=True, evaluate_dense=evaluate_dense)
+    return iobs_prune_lm(model, tok, **_pattern_kwargs(pattern), **kw, **setting)
 
 
 def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict:
@@ -153,28 +132,19 @@ def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict
     if dense_key in dense and res.history[0]["iteration"] != 0:
         res.history.insert(0, dense[dense_key])
     dense.setdefault(dense_key, res.history[0])
-    run = {
-        "pattern": pattern,
-        "setting": setting,
-        "name": name,
-        "iterations": cfg.iterations,
-        "seconds": time.perf_counter() - t0,
-        **res.to_dict(),
-    }
+    run = {"pattern": pattern, "setting": setting, "name": name, "iterations": cfg.iterations}
+    run |= {"seconds": time.perf_counter() - t0, **res.to_dict()}
     atomic_write_json(path, run)
     return run
 
 
 def history_plots(runs: list[dict], model: str) -> dict:
     """``history_<name>.png`` per run: perplexity on every corpus per iteration, the best starred."""
-    return {
-        f"history_{r['name']}.png": history_plot(
-            r,
-            [f"ppl:{c}" for c in CORPORA],
-            f"I-OBS on {model}, {r['pattern']}, {r['setting']['dense_step']} (best by wiki-val)",
-        )
-        for r in runs
-    }
+    metrics = [f"ppl:{c}" for c in CORPORA]
+    titles = [
+        f"I-OBS on {model}, {r['pattern']}, {r['setting']['dense_step']} (best by wiki-val)" for r in runs
+    ]
+    return {f"history_{r['name']}.png": history_plot(r, metrics, t) for r, t in zip(runs, titles)}
 
 
 def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]:
@@ -190,48 +160,38 @@ def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]
         for r in rs:
             its = [h for h in r["history"] if 1 <= h["iteration"] <= max_t and h.get("finite", True)]
             b = min(its, key=lambda h: h["metrics"][SELECT])
-            row = {
-                "pattern": pattern,
-                "setting": _label(r["setting"]),
-                "best_iter": b["iteration"],
-                **{c: b["metrics"][f"ppl:{c}"] for c in CORPORA},
-            }
+            row = {"pattern": pattern, "setting": _label(r["setting"]), "best_iter": b["iteration"]}
+            row |= ppl(b["metrics"])
             tried.append(row)
             best_rows.append(row)
         chosen = min(best_rows, key=lambda row: row["wiki-val"])
-        main.append({"pattern": pattern, "method": "Dense", **{c: dense[f"ppl:{c}"] for c in CORPORA}})
-        main.append(
-            {
-                "pattern": pattern,
-                "method": "SparseGPT (iteration 1)",
-                **{c: one_shot[f"ppl:{c}"] for c in CORPORA},
-            }
-        )
+        main.append({"pattern": pattern, "method": "Dense", **ppl(dense)})
+        main.append({"pattern": pattern, "method": "SparseGPT (iteration 1)", **ppl(one_shot)})
         gain = {c: 100 * (1 - chosen[c] / one_shot[f"ppl:{c}"]) for c in ("wiki-test", "news")}
-        main.append(
-            {
-                "pattern": pattern,
-                "method": f"I-OBS({max_t}) [{chosen['setting']}, best it. {chosen['best_iter']}]",
-                **{c: chosen[c] for c in CORPORA},
-                "gain wiki-test %": gain["wiki-test"],
-                "gain news %": gain["news"],
-                "target ≥3 %": "PASS" if min(gain.values()) >= 3 else "MISS",
-            }
-        )
+        method = f"I-OBS({max_t}) [{chosen['setting']}, best it. {chosen['best_iter']}]"
+        row = {"pattern": pattern, "method": method, **{c: chosen[c] for c in CORPORA}}
+        row |= {"gain wiki-test %": gain["wiki-test"], "gain news %": gain["news"]}
+        main.append(row | {"target ≥3 %": "PASS" if min(gain.values()) >= 3 else "MISS"})
     return main, tried
+
+
+def ppl(metrics: dict) -> dict:
+    """``{"ppl:wiki-val": x, ...}`` → ``{"wiki-val": x, ...}`` over CORPORA."""
+    return {c: metrics[f"ppl:{c}"] for c in CORPORA}
 
 
 def _label(setting: dict) -> str:
     return setting["dense_step"] + "".join(f" {k}={v}" for k, v in setting.items() if k != "dense_step")
 
 
-def experiment(cfg: Table2Config, settings: list[dict]) -> list[dict]:
+def experiment(cfg: Table2Config) -> list[dict]:
     """One run per (pattern, setting); finished runs are reused from ``cfg.out``."""
+    settings = [parse_setting(s) for s in cfg.settings]
     dense: dict = {}
     return [run_one(cfg, p, s, dense) for p in cfg.pattern_list() for s in settings]
 
 
-def render(runs: list[dict], cfg: Table2Config, settings: list[dict], seconds: float, env: dict) -> dict:
+def render(runs: list[dict], cfg: Table2Config, seconds: float, env: dict) -> dict:
     """The history plots, table2.md (main rows and every setting tried) and results.json."""
     main, tried = summarize(runs, max_t=min(3, cfg.iterations))
     header = (
@@ -246,17 +206,12 @@ def render(runs: list[dict], cfg: Table2Config, settings: list[dict], seconds: f
         + "\n## Every dense-step setting tried\n\n"
         + markdown_table(tried)
     )
+    settings = [parse_setting(s) for s in cfg.settings]
     results = {"config": to_dict(cfg) | {"settings": settings}, "environment": env, "seconds": seconds}
     results |= {"main": main, "tried": tried, "runs": runs}
     return history_plots(runs, cfg.model) | {"table2.md": text, "results.json": results}
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    settings = [parse_setting(s) for s in cfg.settings]
-    t0 = time.perf_counter()
-    runs = experiment(cfg, settings)
-    files = render(runs, cfg, settings, time.perf_counter() - t0, environment())
-    write(cfg.out, files)
-    print(files["table2.md"])
+    print(run_target(config_from_args(args), experiment, render)["table2.md"])
     return 0

@@ -27,15 +27,14 @@ import torch
 
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option, to_dict
-from iobs.reproduce.output import subplots, write
+from iobs.reproduce.output import run_target, subplots
 from iobs.reproduce.reference import reference_splits
-from iobs.utils import atomic_write_json, environment, markdown_table
+from iobs.utils import atomic_write_json, markdown_table
 
 DEFAULT_SPARSITIES = {
     "mlpnet": "0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98",
     "mobilenet": "0.3,0.4,0.5,0.6,0.7,0.8",
 }
-METHODS = ("magnitude", "woodfisher", "cbs", "iobs")
 #: absolute Fisher damping: best WoodFisher validation accuracy on MobileNet over {1e-3, 1e-4, 1e-5, 1e-6}
 #: and relative 1e-2; on MLPNet 1e-5 is 0.45 points better for WoodFisher on validation but makes the I-OBS
 #: Newton step overshoot (benchmarks/results/vision_tables.md shows both)
@@ -124,9 +123,10 @@ class Table5Config:
             return self.damping
         return DEFAULT_DAMPING if self.damping_mode == "absolute" else 1e-2
 
-    def record(self) -> dict:
-        """What report.json records: every field and the sparsities run per model."""
-        return to_dict(self) | {"sparsity_lists": self.sparsity_lists}
+    def fisher_kwargs(self) -> dict:
+        """The Fisher blocks' size and damping (as empirical_fisher and iobs_global take them)."""
+        absolute = self.damping_mode == "absolute"
+        return dict(block_size=self.block_size, damping=self.fisher_damping(), absolute_damping=absolute)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -174,45 +174,28 @@ def calibration_starts(N: int, T: int, L: int, budget: str, first_share: float |
     raise ValueError(f"budget must be 'total' or 'per-iteration', got {budget!r}")
 
 
-@dataclass
-class _Setup:
-    """One model's reference, its shuffled training images X, y (the ``its`` ranges of the I-OBS iterations
-    and the ``line`` range of the line search index them; WoodFisher/CBS use the first N), val and test."""
+class _Reference:
+    """One model's reference at θ0, its shuffled training images X, y (the ``its`` ranges of the I-OBS
+    iterations and the ``line`` range of the line search index them; WoodFisher and CBS use the first N),
+    val and test images; global pruning at θ0 with the Fisher of the first n images built once."""
 
-    name: str
-    model: torch.nn.Module
-    info: dict
-    its: list[tuple[int, int]]
-    line: tuple[int, int]
-    X: torch.Tensor
-    y: torch.Tensor
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-
-
-def _setup(name: str, cfg: Table5Config, dev: torch.device) -> _Setup:
-    model, info, _, train, val, test = reference_splits(name, cfg, str(dev))
-    N, T, L = cfg.grads, cfg.iterations, cfg.line_search_size
-    its, line = calibration_starts(N, T, L, cfg.budget, cfg.first_share)
-    need = max(line[1], its[-1][1])
-    if need > len(train):
-        raise ValueError(
-            f"--grads {N}, --iterations {T} (--budget {cfg.budget}) and --line-search-size {L} "
-            f"need {need} training images, only {len(train)} exist"
-        )
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-    X, y = train.X[perm[:need]].to(dev), train.y[perm[:need]].to(dev)
-    return _Setup(name, model, info, its, line, X, y, (val.X.to(dev), val.y), (test.X.to(dev), test.y))
-
-
-class _Pruner:
-    """Global pruning of the reference at θ0; the Fisher on the first n training images is built once."""
-
-    def __init__(self, su: _Setup, cfg: Table5Config):
+    def __init__(self, name: str, cfg: Table5Config, dev: torch.device):
         from iobs.vision.fisher import get_flat, prunable_weights
 
-        self.su, self.cfg = su, cfg
-        self.params = prunable_weights(su.model)
+        self.name, self.cfg = name, cfg
+        self.model, self.info, _, train, val, test = reference_splits(name, cfg, str(dev))
+        N, T, L = cfg.grads, cfg.iterations, cfg.line_search_size
+        self.its, self.line = calibration_starts(N, T, L, cfg.budget, cfg.first_share)
+        need = max(self.line[1], self.its[-1][1])
+        if need > len(train):
+            raise ValueError(
+                f"--grads {N}, --iterations {T} (--budget {cfg.budget}) and --line-search-size {L} "
+                f"need {need} training images, only {len(train)} exist"
+            )
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+        self.X, self.y = train.X[perm[:need]].to(dev), train.y[perm[:need]].to(dev)
+        self.val, self.test = (val.X.to(dev), val.y), (test.X.to(dev), test.y)
+        self.params = prunable_weights(self.model)
         self.theta0 = get_flat(self.params)
         self.fisher: dict = {}
 
@@ -220,8 +203,8 @@ class _Pruner:
         from iobs.vision.fisher import empirical_fisher
 
         if n not in self.fisher:
-            X, y = self.su.X[:n], self.su.y[:n]
-            self.fisher[n] = empirical_fisher(self.su.model, self.params, X, y, **_fisher_kwargs(self.cfg))
+            X, y = self.X[:n], self.y[:n]
+            self.fisher[n] = empirical_fisher(self.model, self.params, X, y, **self.cfg.fisher_kwargs())
         return self.fisher[n]
 
     def pruned(self, method: str, s: float, n: int):
@@ -231,23 +214,16 @@ class _Pruner:
         cfg = self.cfg
         kw = dict(candidates=cfg.cbs_candidates, max_swaps=cfg.cbs_swaps) if method == "cbs" else {}
         res = prune_global(method, self.theta0, self.F(n) if method != "magnitude" else None, s, **kw)
-        m = copy.deepcopy(self.su.model)
+        m = copy.deepcopy(self.model)
         set_flat(prunable_weights(m), res.theta)
         return m
-
-
-def _fisher_kwargs(cfg: Table5Config) -> dict:
-    absolute = cfg.damping_mode == "absolute"
-    return dict(block_size=cfg.block_size, damping=cfg.fisher_damping(), absolute_damping=absolute)
 
 
 def _cache_keys(cfg: Table5Config, info: dict) -> tuple[str, str]:
     """What determines a baselines cell and an I-OBS cell (a changed key recomputes the cell)."""
     base = ("grads", "block_size", "damping_mode", "cbs_swaps", "cbs_candidates", "test_limit", "seed")
-    base_key = {k: getattr(cfg, k) for k in base} | {
-        "damping": cfg.fisher_damping(),
-        "model": info.get("key"),
-    }
+    base_key = {k: getattr(cfg, k) for k in base}
+    base_key |= {"damping": cfg.fisher_damping(), "model": info.get("key")}
     iobs = ("iterations", "budget", "first_share", "line_search_size", "lr", "val_size")
     iobs_key = base_key | {k: getattr(cfg, k) for k in iobs}
     return json.dumps(base_key, sort_keys=True), json.dumps(iobs_key, sort_keys=True)
@@ -264,73 +240,76 @@ def _cached(path: Path, key: str, compute, *args) -> dict:
     return data
 
 
-def _baselines(pr: _Pruner, s: float) -> dict:
+def _record(
+    model: str, method: str, s: float, accuracy: float, iteration: int | None = None, **extra
+) -> dict:
+    return dict(model=model, method=method, sparsity=s, iteration=iteration, accuracy=accuracy, **extra)
+
+
+def _baselines(ref: _Reference, s: float) -> dict:
     """Magnitude, WoodFisher and CBS on the N gradients; the test images each gets wrong (for McNemar)."""
     from iobs.vision.models import correct
 
-    su, N = pr.su, pr.cfg.grads
+    N = ref.cfg.grads
     rows, wrong = [], {}
     for method in ("magnitude", "woodfisher", "cbs"):
-        hit = correct(pr.pruned(method, s, N), *su.test)
+        hit = correct(ref.pruned(method, s, N), *ref.test)
         wrong[method] = torch.nonzero(~hit).flatten().tolist()
         rows.append(
-            dict(model=su.name, method=method, sparsity=s, iteration=None, accuracy=int(hit.sum()) / len(hit))
+            dict(
+                model=ref.name, method=method, sparsity=s, iteration=None, accuracy=int(hit.sum()) / len(hit)
+            )
             | {"gradients": 0 if method == "magnitude" else N}
         )
     return {"records": rows, "wrong": wrong}
 
 
-def _iobs_global(model, s: float, su: _Setup, cfg: Table5Config, initial_fisher):
-    """I-OBS at sparsity ``s`` on ``model`` in place (the best iteration restored); its LoopResult."""
+def _iobs_global(model, s: float, ref: _Reference):
+    """I-OBS at sparsity ``s`` on ``model`` in place (the best iteration restored); its LoopResult.
+    Iteration 1 reuses the Fisher of its n₁ images at θ0, already built for cbs@n / WoodFisher."""
     from iobs.vision.iobs_global import iobs_global
     from iobs.vision.models import accuracy
 
-    (Xv, yv), (Xt, yt) = su.val, su.test
-    fkw = _fisher_kwargs(cfg)
+    (Xv, yv), (Xt, yt), its = ref.val, ref.test, ref.its
     return iobs_global(
         model,
         sparsity=s,
-        iterations=cfg.iterations,
-        calibration=lambda t: (su.X[slice(*su.its[t - 1])], su.y[slice(*su.its[t - 1])]),
+        iterations=ref.cfg.iterations,
+        calibration=lambda t: (ref.X[slice(*its[t - 1])], ref.y[slice(*its[t - 1])]),
         evaluate=lambda m: {"val_accuracy": accuracy(m, Xv, yv), "accuracy": accuracy(m, Xt, yt)},
         select="val_accuracy",
         mode="max",
-        block_size=fkw["block_size"],
-        damping=fkw["damping"],
-        absolute_damping=fkw["absolute_damping"],
-        lr=cfg.lr,
-        line_search=(su.X[slice(*su.line)], su.y[slice(*su.line)]),
+        lr=ref.cfg.lr,
+        line_search=(ref.X[slice(*ref.line)], ref.y[slice(*ref.line)]),
         evaluate_dense=False,
-        initial_fisher=initial_fisher,  # iteration 1 = the first n1 images at θ0: already built here
+        initial_fisher=ref.F(its[0][1] - its[0][0]),
+        **ref.cfg.fisher_kwargs(),
     )
 
 
-def _iobs(pr: _Pruner, s: float, base: dict) -> dict:
+def _iobs(ref: _Reference, s: float, base: dict) -> dict:
     """I-OBS (and, with --budget total, cbs@n: CBS on iteration 1's n₁ images); the selected iteration is
     compared with CBS on the test images by McNemar's test."""
     from iobs.eval.paired import mcnemar
     from iobs.vision.models import accuracy, correct
 
-    su, cfg = pr.su, pr.cfg
-    n1 = su.its[0][1] - su.its[0][0]
+    n1 = ref.its[0][1] - ref.its[0][0]
     rows = []
-    if cfg.budget == "total":
-        acc = accuracy(pr.pruned("cbs", s, n1), *su.test)
-        rows.append(
-            dict(model=su.name, method="cbs@n", sparsity=s, iteration=None, accuracy=acc) | {"gradients": n1}
-        )
-    pruned = copy.deepcopy(su.model)
-    result = _iobs_global(pruned, s, su, cfg, pr.F(n1))
-    cbs_right = torch.ones(len(su.test[1]), dtype=torch.bool)
+    if ref.cfg.budget == "total":
+        acc = accuracy(ref.pruned("cbs", s, n1), *ref.test)
+        rows.append(_record(ref.name, "cbs@n", s, acc, gradients=n1))
+    pruned = copy.deepcopy(ref.model)
+    result = _iobs_global(pruned, s, ref)
+    cbs_right = torch.ones(len(ref.test[1]), dtype=torch.bool)
     cbs_right[base["wrong"]["cbs"]] = False
-    paired = mcnemar(correct(pruned, *su.test), cbs_right)  # pruned = the best iteration, restored
+    paired = mcnemar(correct(pruned, *ref.test), cbs_right)  # pruned = the best iteration, restored
     for h in result.history:
         t = h["iteration"]
+        acc, val_acc, best = h["metrics"]["accuracy"], h["metrics"]["val_accuracy"], t == result.best
+        n = sum(hi - lo for lo, hi in ref.its[:t])
+        extra = {"vs_cbs": paired} if best else {}
         rows.append(
-            dict(model=su.name, method="iobs", sparsity=s, iteration=t, accuracy=h["metrics"]["accuracy"])
-            | dict(val_accuracy=h["metrics"]["val_accuracy"], selected=t == result.best)
-            | {"gradients": sum(hi - lo for lo, hi in su.its[:t])}
-            | ({"vs_cbs": paired} if t == result.best else {})
+            _record(ref.name, "iobs", s, acc, t, val_accuracy=val_acc, selected=best, gradients=n, **extra)
         )
     return {"records": rows}
 
@@ -342,18 +321,17 @@ def run_model(name: str, cfg: Table5Config, out: Path) -> list[dict]:
     from iobs.utils import resolve_device
     from iobs.vision.models import accuracy
 
-    su = _setup(name, cfg, resolve_device(cfg.device))
-    dense_acc = accuracy(su.model, *su.test)
-    how = "cached" if su.info.get("cached") else "trained"
+    ref = _Reference(name, cfg, resolve_device(cfg.device))
+    dense_acc = accuracy(ref.model, *ref.test)
+    how = "cached" if ref.info.get("cached") else "trained"
     print(f"[{name}] dense test accuracy {dense_acc:.4f} ({how})")
-    records = [dict(model=name, method="dense", sparsity=0.0, iteration=None, accuracy=dense_acc)]
-    pr = _Pruner(su, cfg)
-    base_key, iobs_key = _cache_keys(cfg, su.info)
+    records = [_record(name, "dense", 0.0, dense_acc)]
+    base_key, iobs_key = _cache_keys(cfg, ref.info)
     for s in cfg.sparsity_lists[name]:
         t0 = time.perf_counter()
         cell = out / "cells" / f"{name}-{s:g}"
-        base = _cached(Path(f"{cell}-baselines.json"), base_key, _baselines, pr, s)
-        iobs = _cached(Path(f"{cell}-iobs-{cfg.budget}.json"), iobs_key, _iobs, pr, s, base)
+        base = _cached(Path(f"{cell}-baselines.json"), base_key, _baselines, ref, s)
+        iobs = _cached(Path(f"{cell}-iobs-{cfg.budget}.json"), iobs_key, _iobs, ref, s, base)
         rows = base["records"] + iobs["records"]
         summary = ", ".join(f"{r['method']}{r['iteration'] or ''} {r['accuracy']:.4f}" for r in rows)
         print(f"[{name}] sparsity {s:g}: {summary} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -363,10 +341,7 @@ def run_model(name: str, cfg: Table5Config, out: Path) -> list[dict]:
 
 def experiment(cfg: Table5Config) -> list[dict]:
     """One record per (model, method, sparsity[, iteration]); finished cells are reused from ``cfg.out``."""
-    records: list[dict] = []
-    for name in cfg.models:
-        records += run_model(name, cfg, Path(cfg.out))
-    return records
+    return [r for name in cfg.models for r in run_model(name, cfg, Path(cfg.out))]
 
 
 def table_rows(records: list[dict]) -> list[dict]:
@@ -386,9 +361,8 @@ def table_rows(records: list[dict]) -> list[dict]:
         if best and row["cbs"] is not None:
             row["iobs*-cbs"] = row["iobs*"] - row["cbs"]
             row["p"] = _p_text(best["vs_cbs"]["p"]) if "vs_cbs" in best else None
-            row["target"] = (
-                ("PASS" if row["iobs*"] >= row["cbs"] else "MISS") if s >= TARGET_FROM - 1e-9 else "-"
-            )
+            verdict = "PASS" if row["iobs*"] >= row["cbs"] else "MISS"
+            row["target"] = verdict if s >= TARGET_FROM - 1e-9 else "-"
         rows.append(row)
     return rows
 
@@ -472,16 +446,14 @@ def render(records: list[dict], cfg: Table5Config, seconds: float, env: dict) ->
         + verdict_text(rows)
         + "\n"
     )
-    report = {"config": cfg.record(), "seconds": seconds, "environment": env}
+    config = to_dict(cfg) | {"sparsity_lists": cfg.sparsity_lists}  # every field and the sparsities run
+    report = {"config": config, "seconds": seconds, "environment": env}
     return {"results.json": records, "table.md": md, "table5.png": plot(records), "report.json": report}
 
 
 def run(args) -> int:
     cfg = from_args(Table5Config, args)
-    t0 = time.perf_counter()
-    records = experiment(cfg)
-    files = render(records, cfg, time.perf_counter() - t0, environment())
-    paths = write(cfg.out, files)
+    files = run_target(cfg, experiment, render)
     print(files["table.md"])
-    print(f"wrote {', '.join(map(str, paths[:3]))}")
+    print(f"wrote {', '.join(str(Path(cfg.out) / name) for name in list(files)[:3])}")
     return 0
