@@ -91,7 +91,7 @@ class Table5Config:
     cache_dir: str | None = option(None, "reference weights cache (default $IOBS_CACHE/vision)")
     seed: int = option(0)
     device: str = option("auto")
-    quick: bool = option(False, "MLPNet, 3 sparsities, 300 gradients (minutes)")
+    quick: bool = option(False, "MLPNet, 3 sparsities, 600 gradients (minutes)")
     out: str = option("runs/table5", "output folder (finished cells are reused on rerun)")
 
     def __post_init__(self):
