@@ -22,10 +22,9 @@ import torch
 
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option, to_dict
+from iobs.prune.dense_step import DENSE_STEPS
 from iobs.reproduce.output import history_plot, run_target
 from iobs.utils import markdown_table
-
-DENSE_STEPS = ("newton", "finetune", "none")
 
 
 @dataclass
