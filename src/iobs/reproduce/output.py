@@ -67,7 +67,7 @@ def history_plot(loop: dict, metrics: list[str], title: str) -> Callable[[Path],
     """The per-iteration plot of an I-OBS loop record (``LoopResult.to_dict()``), drawn at write time."""
 
     def draw(path: Path):
-        from iobs.prune.outer_loop import LoopResult, plot_history
+        from iobs.loop import LoopResult, plot_history
 
         result = LoopResult(history=loop["history"], best=loop["best_iteration"], select=loop["select"])
         return plot_history(result, path, metrics=metrics, title=title)

@@ -4,8 +4,8 @@ The paper prunes DeiT-Tiny/Small/Base on ImageNet (q, k, v, proj, fc1, fc2 at 50
 By default the project's own ViT (transformers ``ViTForImageClassification``, 28×28 Fashion-MNIST, cached) is
 pruned; with ``--model`` (a ``save_pretrained`` folder or a hub id) and ``--images`` (root/<class>/<image>)
 any ViT / DeiT-style Hugging Face classifier is pruned on its own images (:mod:`iobs.vision.hf`). Layers are
-pruned one by one with SparseGPT (:func:`iobs.prune.sequential.prune_module`) inside the I-OBS outer loop
-(:func:`iobs.prune.outer_loop.run_iobs`): every iteration draws fresh calibration images, takes a dense step
+pruned one by one with SparseGPT (:func:`iobs.prune.walk.prune_module`) inside the I-OBS outer loop
+(:func:`iobs.loop.run_iobs`): every iteration draws fresh calibration images, takes a dense step
 (default: the layer-wise preconditioned Newton step) and re-projects. The dense model is row 0; the iteration
 with the best validation accuracy is starred (selection never looks at the test images). Target: the
 selected iteration beats iteration 1 on test top-1.
@@ -188,9 +188,10 @@ def _layer_sparsity(model, include, exclude) -> dict[str, float]:
 def _iobs(model, cfg: Table1Config, src: dict, include, dev):
     """I-OBS on ``model`` in place: iteration t draws ``nsamples`` fresh images (seed·1000 + t), takes the
     dense step and re-prunes every layer with SparseGPT; the best iteration by validation top-1 is kept."""
+    from iobs.loop import run_iobs
     from iobs.prune.dense_step import classification_loss, dense_step
-    from iobs.prune.outer_loop import run_iobs
-    from iobs.prune.sequential import prune_module
+    from iobs.prune.solve import LayerSolver
+    from iobs.prune.walk import prune_module
     from iobs.vision.models import accuracy
 
     (vX, vy), (tX, ty) = src["val"], src["test"]
@@ -206,11 +207,9 @@ def _iobs(model, cfg: Table1Config, src: dict, include, dev):
         b = cfg.batch_size
         return [(X[i : i + b].to(dev), y[i : i + b].to(dev)) for i in range(0, len(X), b)]
 
-    def project(m, batches):
-        X = [b[0] for b in batches]
-        return prune_module(
-            m, X, "sparsegpt", cfg.sparsity, include=include, exclude=cfg.exclude, progress=False
-        )
+    def project(m, batches, t):
+        X, solver = [b[0] for b in batches], LayerSolver("sparsegpt", cfg.sparsity)
+        return prune_module(m, X, solver, include=include, exclude=cfg.exclude, progress=False)
 
     def step(m, batches, t):
         extra = {"seed": t} if cfg.dense_step == "finetune" else {}

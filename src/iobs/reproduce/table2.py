@@ -104,17 +104,18 @@ def _report(name: str):
 
 def _prune_lm(cfg: Table2Config, pattern: str, setting: dict, name: str, evaluate_dense: bool):
     """The model pruned by I-OBS with ``setting``'s dense step (resumable under ``out/state/<name>``)."""
-    from iobs.prune.api import load
+    from iobs.models import load_model
+    from iobs.prune.config import PruneConfig
     from iobs.prune.iobs_lm import iobs_prune_lm
 
-    model, tok = load(cfg.model, torch.float32)
+    model, tok = load_model(cfg.model, dtype=torch.float32)
     # what determines the weights (the iteration count is left out so a rerun can extend a run)
     key = json.dumps([{k: getattr(cfg, k) for k in ("model", "nsamples", "seqlen", "windows", "seed")}, name])
     kw = dict(iterations=cfg.iterations, nsamples=cfg.nsamples, seqlen=cfg.seqlen, seed=cfg.seed)
-    kw |= dict(validation=list(CORPORA), select=SELECT, val_max_windows=cfg.windows, device=cfg.device)
-    kw |= dict(state_dir=Path(cfg.out) / "state" / name, state_key=key, on_iteration=_report(name))
-    kw |= dict(progress=True, evaluate_dense=evaluate_dense)
-    return iobs_prune_lm(model, tok, **_pattern_kwargs(pattern), **kw, **setting)
+    kw |= dict(validation=list(CORPORA), val_max_windows=cfg.windows, device=cfg.device)
+    prune = PruneConfig(model=cfg.model, method="iobs", **_pattern_kwargs(pattern), **kw, **setting)
+    kw = dict(state_dir=Path(cfg.out) / "state" / name, state_key=key, on_iteration=_report(name))
+    return iobs_prune_lm(model, tok, prune, select=SELECT, progress=True, evaluate_dense=evaluate_dense, **kw)
 
 
 def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict:
