@@ -23,8 +23,8 @@ import torch
 from iobs._validate import check_int_range
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option
-from iobs.reproduce.output import run_target, subplots
-from iobs.utils import markdown_table
+from iobs.reproduce.output import run_target
+from iobs.utils import markdown_table, subplots
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from iobs.config import option
 from iobs.reproduce import table2
-from iobs.reproduce.output import run_target, subplots
-from iobs.utils import markdown_table
+from iobs.reproduce.output import run_target
+from iobs.utils import markdown_table, subplots
 
 
 @dataclass

@@ -27,9 +27,9 @@ import torch
 
 from iobs.config import add_arguments as add_config_arguments
 from iobs.config import csv_list, from_args, option, to_dict
-from iobs.reproduce.output import run_target, subplots
+from iobs.reproduce.output import run_target
 from iobs.reproduce.reference import reference_splits
-from iobs.utils import atomic_write_json, markdown_table
+from iobs.utils import atomic_write_json, markdown_table, subplots
 
 DEFAULT_SPARSITIES = {
     "mlpnet": "0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98",
