@@ -45,13 +45,8 @@ class LoopResult:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {
-            "history": self.history,
-            "best_iteration": self.best,
-            "select": self.select,
-            "stopped": self.stopped,
-            **self.extra,
-        }
+        out = {"history": self.history, "best_iteration": self.best, "select": self.select}
+        return out | {"stopped": self.stopped, **self.extra}
 
 
 def _save_state(model: nn.Module, path: Path) -> None:
