@@ -59,15 +59,17 @@ def uses_global(objective, k: int) -> bool:
     return objective.d <= GLOBAL_MAX_D and (n is None or n >= objective.d)
 
 
-def schedules_for(objective, k: int) -> list[tuple[str, dict]]:
-    """The portfolio auto runs on this objective, options resolved against k."""
+def schedules_for(objective, k: int) -> list[tuple[str, dict, str]]:
+    """The portfolio auto runs on this objective: (solver, options resolved against k, label)."""
     base = GLOBAL if uses_global(objective, k) else RESTRICTED
-    return [(name, _resolve(opts, k)) for name, opts in base]
+    return [(name, _resolve(opts, k), _label(name, opts)) for name, opts in base]
 
 
 def _label(name: str, opts: dict) -> str:
+    """e.g. "restricted-iobs(select=gradient, expand=k)" (symbolic sizes kept: comparable across k)."""
     shown = ", ".join(f"{key}={v}" for key, v in opts.items() if key != "warm")
-    return f"{name}({shown})" if shown else name
+    shown += ", from the best θ" if opts.get("warm") else ""
+    return f"{name}({shown.lstrip(', ')})" if shown else name
 
 
 def _better(r: RecoveryResult, best: RecoveryResult | None) -> bool:
@@ -85,15 +87,28 @@ def _check_schedules(schedules):
                 "schedules must be a list of (solver name, options dict) pairs with names from "
                 f"{sorted(set(SOLVERS) - {'auto'})}, got {item!r}"
             )
-        out.append((item[0], dict(item[1])))
+        out.append((item[0], dict(item[1]), _label(item[0], item[1])))
     return out
 
 
 class _Auto(Solver):
     """The portfolio meta-solver (registered as ``SOLVERS["auto"]``)."""
 
-    def __call__(self, objective, k, *, theta0=None, max_iter=None, tol=1e-10, theta_star=None,
-                 damping=None, device=None, dtype=torch.float64, seed=None, **options) -> RecoveryResult:
+    def __call__(
+        self,
+        objective,
+        k,
+        *,
+        theta0=None,
+        max_iter=None,
+        tol=1e-10,
+        theta_star=None,
+        damping=None,
+        device=None,
+        dtype=torch.float64,
+        seed=None,
+        **options,
+    ) -> RecoveryResult:
         bad = sorted(set(options) - set(self.defaults))
         if bad:
             raise TypeError(f"auto got unexpected options {bad}; it accepts {sorted(self.defaults)}")
@@ -103,7 +118,9 @@ class _Auto(Solver):
         rtol = float(opts["rtol"])
         if not 0 <= rtol < 1:
             raise ValueError(f"rtol must be a number in [0, 1), got {opts['rtol']!r}")
-        objective, k, theta, theta_star, _, _ = _setup(objective, k, theta0, theta_star, 0, tol, device, dtype)
+        objective, k, theta, theta_star, _, _ = _setup(
+            objective, k, theta0, theta_star, 0, tol, device, dtype
+        )
         plan = _check_schedules(opts["schedules"]) or schedules_for(objective, k)
         common = dict(max_iter=max_iter, tol=tol, theta_star=theta_star, damping=damping, seed=seed)
         f0 = float(objective.value(theta))
@@ -114,14 +131,20 @@ def _portfolio(objective, k, theta0, plan, common, stop, f_exact) -> RecoveryRes
     """Run the schedules in order, keep the lowest objective, stop early by the ``stop`` rule."""
     runs, best = [], None
     t_start = time.perf_counter()
-    for name, opts in plan:
+    for name, opts, label in plan:
         opts = dict(opts)
         start = best.theta if opts.pop("warm", False) and best is not None else theta0
         t0 = time.perf_counter()
         r = SOLVERS[name](objective, k, theta0=start, **common, **opts)
-        label = _label(name, opts)
-        runs.append(dict(label=label, objective=r.objective, n_iter=r.n_iter, converged=r.converged,
-                         time=time.perf_counter() - t0))
+        runs.append(
+            dict(
+                label=label,
+                objective=r.objective,
+                n_iter=r.n_iter,
+                converged=r.converged,
+                time=time.perf_counter() - t0,
+            )
+        )
         same = best is not None and bool((r.mask == best.mask).all())
         if _better(r, best):
             best, best_label = r, label
@@ -137,8 +160,11 @@ def _portfolio(objective, k, theta0, plan, common, stop, f_exact) -> RecoveryRes
         history=best.history,
         damping=best.damping,
         solver="auto",
-        options={"schedules": [x["label"] for x in runs], "stop": stop,
-                 "total_time": time.perf_counter() - t_start},
+        options={
+            "schedules": [x["label"] for x in runs],
+            "stop": stop,
+            "total_time": time.perf_counter() - t_start,
+        },
         chosen=best_label,
         runs=runs,
     )

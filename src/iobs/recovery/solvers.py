@@ -800,9 +800,10 @@ subspace_pursuit = Solver(
 
 def solve(objective, k, solver="auto", *, max_iter=None, **kwargs) -> RecoveryResult:
     """Run the named solver (a key of ``SOLVERS``; default ``"auto"``, the portfolio of
-    :mod:`iobs.recovery.auto` that picks the form from n, d and k) with the common arguments (theta0, max_iter, tol,
-    theta_star, damping, device, dtype, seed) and solver-specific options (e.g. step=, support=,
-    batch_size=, lam=). ``max_iter=None``: the solver's own default (100; 200 for the restricted forms).
+    :mod:`iobs.recovery.auto` that picks the form from n, d and k) with the common arguments (theta0,
+    max_iter, tol, theta_star, damping, device, dtype, seed) and solver-specific options (e.g. step=,
+    support=, batch_size=, lam=). ``max_iter=None``: the solver's own default (100; 200 for the
+    restricted forms; auto: each schedule's own).
     The objective is moved to ``device``/``dtype`` first."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")

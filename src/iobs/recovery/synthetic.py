@@ -67,6 +67,8 @@ def design_matrix(design: str, n: int, d: int, gen) -> torch.Tensor:
     """The n×d design of the named class (columns of unit expected norm)."""
     _choice("design", design, DESIGNS)
     if design == "dct":
+        if n > d:
+            raise ValueError(f"design='dct' takes n <= d rows of the d×d DCT, got n={n} > d={d}")
         return _partial_dct(n, d, gen)
     if design == "gaussian":
         return torch.randn(n, d, generator=gen, dtype=torch.float64) / math.sqrt(n)
