@@ -139,15 +139,24 @@ class Solver:
         seed=None,
         **options,
     ) -> RecoveryResult:
-        bad = sorted(set(options) - set(self.defaults))
-        if bad:
-            raise TypeError(f"{self.name} got unexpected options {bad}; it accepts {sorted(self.defaults)}")
+        opts = self.options(options)
         max_iter = self.max_iter if max_iter is None else max_iter
         objective, k, theta, theta_star, max_iter, tol = _setup(
             objective, k, theta0, theta_star, max_iter, tol, device, dtype
         )
-        plan = self.start(Problem(objective, k, theta, damping, seed, tol), **{**self.defaults, **options})
-        return _iterate(plan, objective, theta, theta_star, max_iter, tol, self.name)
+        return self.run(Problem(objective, k, theta, damping, seed, tol), theta_star, max_iter, opts)
+
+    def options(self, options: dict) -> dict:
+        """The solver's defaults updated by ``options``; an unknown option is a TypeError naming it."""
+        bad = sorted(set(options) - set(self.defaults))
+        if bad:
+            raise TypeError(f"{self.name} got unexpected options {bad}; it accepts {sorted(self.defaults)}")
+        return {**self.defaults, **options}
+
+    def run(self, p: Problem, theta_star, max_iter, opts: dict) -> RecoveryResult:
+        """Plan the steps and drive them with the one loop."""
+        plan = self.start(p, **opts)
+        return _iterate(plan, p.objective, p.theta0, theta_star, max_iter, p.tol, self.name)
 
 
 def _iterate(plan: Plan, objective, theta, theta_star, max_iter: int, tol: float, name: str):
@@ -185,7 +194,7 @@ def _setup(objective, k, theta0, theta_star, max_iter, tol, device, dtype):
         objective = objective.to(device, dtype)
     d = objective.d
     k = check_k(k, d)
-    max_iter = check_int_range("max_iter", max_iter, 0, 10**9)
+    max_iter = None if max_iter is None else check_int_range("max_iter", max_iter, 0, 10**9)  # None: auto
     tol = float(tol)
     if not tol >= 0 or math.isinf(tol):
         raise ValueError(f"tol must be a finite number >= 0, got {tol}")
