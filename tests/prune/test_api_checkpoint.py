@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from iobs.cli import main
+from iobs.config import from_dict, to_dict
 from iobs.models.tiny import tiny_model, tiny_tokenizer
 from iobs.prune.api import prune, prune_model
 from iobs.prune.checkpoint import save_checkpoint, state_dir_for
@@ -37,7 +38,7 @@ def test_save_from_pretrained_reproduces_logits_and_report(tmp_path):
     assert AutoTokenizer.from_pretrained(out)("abc")["input_ids"] == tok("abc")["input_ids"]
 
     saved = json.loads((out / "report.json").read_text())
-    assert PruneConfig.from_dict(saved["config"]) == cfg
+    assert from_dict(PruneConfig, saved["config"]) == cfg
     assert saved["seed"] == 0 and saved["key"] == cfg.key()
     assert {"torch", "transformers", "python", "iobs"} <= set(saved["environment"])
     assert saved["memory"]["max_rss_bytes"] > 0
@@ -127,14 +128,11 @@ def test_calibration_and_eval_from_a_text_file(tmp_path):
     assert pruned["ppl"] != dense["ppl"] and report["calibration"]["tokens"] == 64
 
 
-def test_short_calibration_sequences_are_refused(monkeypatch):
-    import iobs.prune.api as api
-
-    monkeypatch.setattr(
-        api, "calibration_ids", lambda config, tok, vocab: torch.zeros(2, 8, dtype=torch.long)
-    )
+def test_short_calibration_sequences_are_refused(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")  # 9 byte tokens < seqlen
     with pytest.raises(ValueError, match="seqlen=16"):
-        prune(PruneConfig(model="tiny-llama", **SMALL), progress=False)
+        prune(PruneConfig(model="tiny-llama", **{**SMALL, "calib": str(short)}), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -158,9 +156,9 @@ def test_config_validation(kw, match):
 def test_config_round_trip_and_key():
     cfg = PruneConfig(model="m", include="*.q_proj,*.k_proj", eval="wiki-test,news")
     assert cfg.include == ["*.q_proj", "*.k_proj"] and cfg.eval == ["wiki-test", "news"]
-    assert PruneConfig.from_dict(cfg.to_dict()) == cfg
+    assert from_dict(PruneConfig, to_dict(cfg)) == cfg
     with pytest.raises(ValueError, match="unknown PruneConfig fields"):
-        PruneConfig.from_dict({"model": "m", "colour": 1})
+        from_dict(PruneConfig, {"model": "m", "colour": 1})
     other = PruneConfig(model="m", include="*.q_proj,*.k_proj", out="elsewhere", eval="news")
     assert other.key() == cfg.key() and PruneConfig(model="m", seed=1).key() != PruneConfig(model="m").key()
 

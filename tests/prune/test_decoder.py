@@ -5,11 +5,14 @@ import copy
 import pytest
 import torch
 
-from iobs.models.tiny import ARCHS, random_ids, tiny_model
+from iobs.data.calibration import random_ids
+from iobs.models.tiny import ARCHS, tiny_model
 from iobs.obs.layer import prune_layer
 from iobs.obs.masks import check_nm
+from iobs.prune.decoder import find_blocks, prune_decoder
 from iobs.prune.layers import find_layers, get_weight, set_weight
-from iobs.prune.sequential import find_blocks, prune_decoder, prune_module
+from iobs.prune.solve import LayerSolver
+from iobs.prune.walk import prune_module
 
 D = torch.float64
 
@@ -38,7 +41,7 @@ def ids():
 def test_walk_50_percent_exact_sparsity_and_errors(arch, ids):
     dense = tiny_model(arch, dtype=D)
     model = copy.deepcopy(dense)
-    records = prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
+    records = prune_decoder(model, ids, LayerSolver("sparsegpt", 0.5), progress=False)
     layers = find_layers(model)
     assert [r["name"] for r in records] == list(layers)
     for r in records:
@@ -78,7 +81,7 @@ def test_walk_50_percent_exact_sparsity_and_errors(arch, ids):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_walk_2_4_pattern(arch, ids):
     model = tiny_model(arch, dtype=D)
-    records = prune_decoder(model, ids, "wanda", None, "2:4", progress=False)
+    records = prune_decoder(model, ids, LayerSolver("wanda", None, "2:4"), progress=False)
     for name, m in find_layers(model).items():
         W = get_weight(m)
         assert check_nm(W != 0, 2, 4), name
@@ -91,7 +94,7 @@ def test_true_sequential_every_layer_error_matches_its_actual_inputs(ids):
     exactly its inputs in the final pruned model."""
     dense = tiny_model("llama", dtype=D)
     model = copy.deepcopy(dense)
-    records = prune_decoder(model, ids, "sparsegpt", 0.5, sequential="true", progress=False)
+    records = prune_decoder(model, ids, LayerSolver("sparsegpt", 0.5), sequential="true", progress=False)
     assert [r["group"] for r in records[:7]] == [0, 0, 0, 1, 2, 2, 3]
     layers, dense_layers = find_layers(model), find_layers(dense)
     for r in records:
@@ -104,7 +107,12 @@ def test_include_exclude_prune_only_selected(ids):
     dense = tiny_model("opt", dtype=D)
     model = copy.deepcopy(dense)
     records = prune_decoder(
-        model, ids, "magnitude", 0.5, include=["*.fc1", "*.fc2"], exclude=["*.1.fc2"], progress=False
+        model,
+        ids,
+        LayerSolver("magnitude", 0.5),
+        include=["*.fc1", "*.fc2"],
+        exclude=["*.1.fc2"],
+        progress=False,
     )
     names = [r["name"] for r in records]
     assert names == ["model.decoder.layers.0.fc1", "model.decoder.layers.0.fc2", "model.decoder.layers.1.fc1"]
@@ -116,7 +124,7 @@ def test_include_exclude_prune_only_selected(ids):
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, ids):
     ref = tiny_model("qwen2", layers=3, dtype=D)
     model = copy.deepcopy(ref)
-    full = prune_decoder(ref, ids, "sparsegpt", 0.5, progress=False)
+    full = prune_decoder(ref, ids, LayerSolver("sparsegpt", 0.5), progress=False)
 
     def stop_after_block_1(i, recs):
         assert all(r["block"] == i for r in recs)
@@ -126,7 +134,12 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, ids):
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
         prune_decoder(
-            model, ids, "sparsegpt", 0.5, progress=False, state_dir=state, callback=stop_after_block_1
+            model,
+            ids,
+            LayerSolver("sparsegpt", 0.5),
+            progress=False,
+            state_dir=state,
+            callback=stop_after_block_1,
         )
     assert sorted(p.name for p in state.iterdir()) == [
         "block_00000.safetensors",
@@ -136,7 +149,12 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, ids):
     fresh = tiny_model("qwen2", layers=3, dtype=D)  # a new process would reload the dense model
     seen = []
     resumed = prune_decoder(
-        fresh, ids, "sparsegpt", 0.5, progress=False, state_dir=state, callback=lambda i, r: seen.append(i)
+        fresh,
+        ids,
+        LayerSolver("sparsegpt", 0.5),
+        progress=False,
+        state_dir=state,
+        callback=lambda i, r: seen.append(i),
     )
     assert seen == [2]  # only the last block was solved again
     assert [r["name"] for r in resumed] == [r["name"] for r in full]
@@ -146,7 +164,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, ids):
     # a different run must not pick up this state
     with pytest.raises(ValueError, match="different run"):
         other = tiny_model("qwen2", layers=3, dtype=D)
-        prune_decoder(other, ids, "wanda", 0.5, progress=False, state_dir=state)
+        prune_decoder(other, ids, LayerSolver("wanda", 0.5), progress=False, state_dir=state)
 
 
 def test_bad_calibration_and_models(ids):
@@ -208,9 +226,9 @@ def test_true_sequential_decoder_walk_equals_generic_walk():
     a = ToyLM().to(D)
     b = copy.deepcopy(a)
     ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
-    ra = prune_decoder(a, ids, "sparsegpt", 0.5, sequential="true", progress=False)
+    ra = prune_decoder(a, ids, LayerSolver("sparsegpt", 0.5), sequential="true", progress=False)
     rb = prune_module(
-        b, [ids[j : j + 1] for j in range(3)], "sparsegpt", 0.5, exclude=["head"], progress=False
+        b, [ids[j : j + 1] for j in range(3)], LayerSolver("sparsegpt", 0.5), exclude=["head"], progress=False
     )
     assert [r["name"] for r in ra] == [r["name"] for r in rb] and len(ra) == 6
     for x, y in zip(ra, rb):
@@ -226,12 +244,12 @@ def test_nonfinite_weights_are_refused(ids):
     # Either the NaN weight itself (q_proj's W check) or the activations it poisons (o_proj's inputs)
     # is named first, depending on how the installed transformers' attention propagates the NaN.
     with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.(q_proj \(W .*|o_proj )contain.* NaN/Inf"):
-        prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
+        prune_decoder(model, ids, LayerSolver("sparsegpt", 0.5), progress=False)
     model = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"layer model\.layers\.1\.mlp\.down_proj .*NaN/Inf"):
-        prune_decoder(model, ids, "sparsegpt", 0.5, progress=False)
+        prune_decoder(model, ids, LayerSolver("sparsegpt", 0.5), progress=False)
 
 
 def test_blocks_with_their_own_masks_get_them(ids):
@@ -244,7 +262,7 @@ def test_blocks_with_their_own_masks_get_them(ids):
     assert tiny_config("qwen2", **kw).layer_types == ["full_attention", "sliding_attention"]
     dense = tiny_model("qwen2", dtype=D, **kw)
     model = copy.deepcopy(dense)
-    records = prune_decoder(model, ids, "sparsegpt", 0.5, sequential="true", progress=False)
+    records = prune_decoder(model, ids, LayerSolver("sparsegpt", 0.5), sequential="true", progress=False)
     layers, dense_layers = find_layers(model), find_layers(dense)
     for r in records:
         X = capture(model, layers[r["name"]], ids)
@@ -254,7 +272,7 @@ def test_blocks_with_their_own_masks_get_them(ids):
 
 def _propagation_matches_model(model, ids):
     """Running the blocks by hand on the captured inputs reproduces the model's own hidden states."""
-    from iobs.prune.sequential import capture_block_inputs
+    from iobs.prune.decoder import capture_block_inputs
 
     _, blocks = find_blocks(model)
     inputs = capture_block_inputs(model, blocks, ids, torch.device("cpu"))
@@ -289,7 +307,7 @@ def test_block_by_block_propagation_is_exact_on_smollm2():
 
 
 def test_capture_restores_instance_forwards(ids):
-    from iobs.prune.sequential import capture_block_inputs
+    from iobs.prune.decoder import capture_block_inputs
 
     model = tiny_model("llama")
     _, blocks = find_blocks(model)

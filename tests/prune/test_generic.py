@@ -9,7 +9,8 @@ from torch import nn
 from iobs.obs.layer import prune_layer
 from iobs.prune.hessian import layer_inputs
 from iobs.prune.layers import find_layers, get_weight
-from iobs.prune.sequential import prune_module
+from iobs.prune.solve import LayerSolver
+from iobs.prune.walk import prune_module
 
 D = torch.float64
 
@@ -40,7 +41,7 @@ def test_mlp_walk():
     dense = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)).to(D)
     batches = [torch.randn(6, 8, dtype=D) for _ in range(3)]
     model = copy.deepcopy(dense)
-    records = prune_module(model, batches, "sparsegpt", 0.5, progress=False)
+    records = prune_module(model, batches, LayerSolver("sparsegpt", 0.5), progress=False)
     assert [r["name"] for r in records] == ["0", "2", "4"]
     for name, m in find_layers(model).items():
         assert int((m.weight == 0).sum()) == m.weight.numel() // 2, name
@@ -67,7 +68,7 @@ def test_cnn_walk_skips_depthwise_and_uses_unfolded_inputs():
     dense = TinyCNN().to(D)
     batches = [torch.randn(2, 3, 6, 6, dtype=D) for _ in range(2)]
     model = copy.deepcopy(dense)
-    records = prune_module(model, batches, "sparsegpt", 0.5, progress=False)
+    records = prune_module(model, batches, LayerSolver("sparsegpt", 0.5), progress=False)
     assert [r["name"] for r in records] == ["stem", "pw", "head"]
     assert records[0]["shape"] == [8, 27] and records[0]["tokens"] == 2 * 2 * 36
     assert torch.equal(model.dw.weight, dense.dw.weight)
@@ -94,9 +95,11 @@ def test_groups_weight_sharing_and_unused_layers():
     torch.manual_seed(2)
     batches = [torch.randn(5, 8, dtype=D) for _ in range(2)]
     with pytest.raises(ValueError, match="not called"):
-        prune_module(Branchy().to(D), batches, "wanda", 0.5, progress=False)
+        prune_module(Branchy().to(D), batches, LayerSolver("wanda", 0.5), progress=False)
     model = Branchy().to(D)
-    records = prune_module(model, batches, "wanda", None, "2:4", exclude=["unused"], progress=False)
+    records = prune_module(
+        model, batches, LayerSolver("wanda", None, "2:4"), exclude=["unused"], progress=False
+    )
     assert [(r["name"], r["group"]) for r in records] == [("fc0", 0), ("fa", 1), ("fb", 1), ("shared", 2)]
     shared = next(r for r in records if r["name"] == "shared")
     assert shared["tokens"] == 2 * 5 * 2  # both calls feed its Hessian
@@ -110,5 +113,8 @@ def test_generic_bad_input():
         prune_module(net, [torch.randn(2, 4)], include=["*.fc"], progress=False)
     with pytest.raises(ValueError, match="divisible"):
         prune_module(
-            nn.Sequential(nn.Linear(6, 4)), [torch.randn(2, 6)], pattern="2:4", sparsity=None, progress=False
+            nn.Sequential(nn.Linear(6, 4)),
+            [torch.randn(2, 6)],
+            LayerSolver(sparsity=None, pattern="2:4"),
+            progress=False,
         )

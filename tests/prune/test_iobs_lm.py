@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from iobs.models.tiny import tiny_model, tiny_tokenizer
+from iobs.prune.config import PruneConfig
+from iobs.prune.decoder import find_blocks, prune_decoder
 from iobs.prune.iobs_lm import iobs_prune_lm
 from iobs.prune.layers import find_layers, get_weight
-from iobs.prune.sequential import find_blocks, prune_decoder
+from iobs.prune.solve import LayerSolver
 
-KW = dict(nsamples=4, seqlen=32, seed=3, val_seqlen=32, val_max_windows=4, progress=False)
+KW = dict(model="tiny-llama", method="iobs", nsamples=4, seqlen=32, seed=3, val_max_windows=4)
+
+
+def _config(**kw) -> PruneConfig:
+    return PruneConfig(**{**KW, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +36,10 @@ def test_iteration_one_equals_one_shot_sparsegpt(lm):
 
     model, tok = lm
     one_shot = copy.deepcopy(model)
-    prune_decoder(one_shot, calibration_batch(tok, "wiki", 4, 32, seed=3), "sparsegpt", 0.5, progress=False)
+    ids = calibration_batch(tok, "wiki", 4, 32, seed=3)
+    prune_decoder(one_shot, ids, LayerSolver("sparsegpt", 0.5), progress=False)
     looped = copy.deepcopy(model)
-    res = iobs_prune_lm(looped, tok, iterations=1, **KW)
+    res = iobs_prune_lm(looped, tok, _config(iterations=1), progress=False)
     assert res.best == 1
     ref = _decoder_weights(one_shot)
     for name, W in _decoder_weights(looped).items():
@@ -52,17 +59,8 @@ def test_every_iteration_is_exactly_sparse(lm, step, lr):
                 assert bool(((W.reshape(W.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
             sparsities.append(entry["sparsity"])
 
-    res = iobs_prune_lm(
-        model,
-        tok,
-        pattern="2:4",
-        sparsity=None,
-        iterations=2,
-        dense_step=step,
-        lr=lr,
-        on_iteration=check,
-        **KW,
-    )
+    config = _config(pattern="2:4", sparsity=None, iterations=2, dense_step=step, lr=lr)
+    res = iobs_prune_lm(model, tok, config, on_iteration=check, progress=False)
     assert len(sparsities) == 2 and all(s >= 0.5 for s in sparsities)
     assert set(res.history[0]["metrics"]) == {"ppl:wiki-val"}
 
@@ -70,9 +68,11 @@ def test_every_iteration_is_exactly_sparse(lm, step, lr):
 def test_validation_must_not_be_the_calibration_source(lm):
     model, tok = lm
     with pytest.raises(ValueError, match="validation corpus"):
-        iobs_prune_lm(model, tok, calib="wiki-val", validation=["wiki-val"], **KW)
+        _config(calib="wiki-val", validation=["wiki-val"])
     with pytest.raises(ValueError, match="dense_step"):
-        iobs_prune_lm(model, tok, dense_step="adamw", **KW)
+        _config(dense_step="adamw")
+    with pytest.raises(ValueError, match="method='iobs'"):
+        iobs_prune_lm(model, tok, _config(method="sparsegpt"), progress=False)
 
 
 def test_cli_method_iobs_saves_best_iteration(tmp_path):

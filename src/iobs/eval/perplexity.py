@@ -65,25 +65,41 @@ def perplexity(
     seqlen = check_int_range("seqlen", seqlen, 2, 10_000_000)
     if max_windows is not None:
         max_windows = check_int_range("max_windows", max_windows, 1, 10_000_000)
-    if torch.is_tensor(data):
-        data_label = "<token ids>"
-        ids = data
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"data token ids must be an integer tensor, got dtype {ids.dtype}")
-        if ids.dim() == 2 and ids.shape[1] != seqlen:
-            raise ValueError(f"data windows have length {ids.shape[1]}, but seqlen={seqlen}")
-    elif isinstance(data, str):
-        if tokenizer is None:
-            raise TypeError("tokenizer is required when data is text or a corpus name")
-        text, data_label = _resolve_text(data)
-        ids = encode(tokenizer, text)
-    else:
-        raise TypeError(
-            f"data must be a corpus name, a text string or a LongTensor, got {type(data).__name__}"
-        )
+    ids, data_label = _token_ids(data, tokenizer, seqlen)
     windows = eval_windows(ids.long(), seqlen, max_windows)
     label = label or data_label
     dev = _model_device(model) if device is None else resolve_device(device)
+    nll = _window_nll(model, windows, dev, progress, label)
+    tokens = windows.shape[0] * (seqlen - 1)
+    mean_nll = nll / tokens
+    return {
+        "ppl": math.exp(mean_nll),
+        "nll": mean_nll,
+        "tokens": tokens,
+        "windows": int(windows.shape[0]),
+        "seqlen": seqlen,
+        "data": label,
+    }
+
+
+def _token_ids(data, tokenizer, seqlen: int) -> tuple[torch.Tensor, str]:
+    """(token ids, label) of ``data``: a LongTensor as it is, text or a corpus name tokenized."""
+    if torch.is_tensor(data):
+        if data.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"data token ids must be an integer tensor, got dtype {data.dtype}")
+        if data.dim() == 2 and data.shape[1] != seqlen:
+            raise ValueError(f"data windows have length {data.shape[1]}, but seqlen={seqlen}")
+        return data, "<token ids>"
+    if isinstance(data, str):
+        if tokenizer is None:
+            raise TypeError("tokenizer is required when data is text or a corpus name")
+        text, data_label = _resolve_text(data)
+        return encode(tokenizer, text), data_label
+    raise TypeError(f"data must be a corpus name, a text string or a LongTensor, got {type(data).__name__}")
+
+
+def _window_nll(model, windows: torch.Tensor, dev, progress: bool, label: str) -> float:
+    """Σ over windows of the next-token negative log-likelihood of every token after the first."""
     was_training = model.training
     model.eval()
     nll = 0.0
@@ -101,16 +117,7 @@ def perplexity(
             nll += float(F.cross_entropy(logits, x[0, 1:], reduction="sum"))
     finally:
         model.train(was_training)
-    tokens = windows.shape[0] * (seqlen - 1)
-    mean_nll = nll / tokens
-    return {
-        "ppl": math.exp(mean_nll),
-        "nll": mean_nll,
-        "tokens": tokens,
-        "windows": int(windows.shape[0]),
-        "seqlen": seqlen,
-        "data": label,
-    }
+    return nll
 
 
 def _resolve_text(data: str) -> tuple[str, str]:

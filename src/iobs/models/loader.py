@@ -70,7 +70,8 @@ MODELS: dict[str, ModelAsset] = {
 def load_model(name_or_path, device="cpu", dtype: torch.dtype = torch.float32):
     """Return ``(model, tokenizer)`` with the model in eval mode on ``device`` in ``dtype``.
 
-    ``name_or_path``: a key of ``MODELS``; a local checkpoint folder (``save_pretrained`` output,
+    ``name_or_path``: a tiny random test model ``tiny-<arch>`` (:mod:`iobs.models.tiny`); a key of
+    ``MODELS``; a local checkpoint folder (``save_pretrained`` output,
     or a folder holding exactly one ``.gguf``); a ``.gguf`` file; or a Hugging Face hub id
     ``org/name`` (needs network, not tested offline).
     """
@@ -81,7 +82,11 @@ def load_model(name_or_path, device="cpu", dtype: torch.dtype = torch.float32):
     if not isinstance(name, str) or not name:
         raise TypeError(f"name_or_path must be a model name or a path, got {name_or_path!r}")
     path = Path(name).expanduser()
-    if name in MODELS:
+    if name.startswith("tiny-"):
+        from iobs.models.tiny import load_tiny
+
+        model, tok = load_tiny(name, dtype=dtype)
+    elif name in MODELS:
         model, tok = _load_checkpoint(ensure_cached(MODELS[name]), dtype)
     elif path.is_dir():
         if (path / "config.json").is_file():

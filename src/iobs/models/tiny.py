@@ -3,7 +3,7 @@
 ``tiny_model("llama")`` etc.: 2 blocks, hidden 32, MLP 64, 4 heads, a 264-token vocabulary (the 256
 bytes of :func:`tiny_tokenizer` plus specials), random weights from a fixed seed. Names
 ``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``, ``tiny-qwen2``, ``tiny-phi`` are accepted by
-:func:`load_tiny`. The tokenizer-free path: :func:`random_ids` draws calibration ids directly.
+:func:`load_tiny` (and so by :func:`iobs.models.load_model`).
 """
 
 from __future__ import annotations
@@ -30,53 +30,27 @@ def tiny_config(
     goes to the config class (e.g. ``use_sliding_window=True`` for qwen2)."""
     import transformers as tf
 
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     inter = intermediate or 2 * hidden
     common = {"vocab_size": vocab, "bos_token_id": 256, "eos_token_id": 256, "pad_token_id": None, **extra}
-    if arch == "llama":
-        return tf.LlamaConfig(
-            hidden_size=hidden,
-            intermediate_size=inter,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
-            max_position_embeddings=positions,
-            tie_word_embeddings=True,
-            **common,
-        )
-    if arch == "qwen2":
-        return tf.Qwen2Config(
-            hidden_size=hidden,
-            intermediate_size=inter,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=max(1, heads // 2),
-            max_position_embeddings=positions,
-            **common,
-        )
-    if arch == "opt":
-        return tf.OPTConfig(
-            hidden_size=hidden,
-            ffn_dim=inter,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=positions,
-            word_embed_proj_dim=hidden,
-            **common,
-        )
-    if arch == "gpt2":
-        return tf.GPT2Config(
-            n_embd=hidden, n_inner=inter, n_layer=layers, n_head=heads, n_positions=positions, **common
-        )
-    if arch == "phi":
-        return tf.PhiConfig(
-            hidden_size=hidden,
-            intermediate_size=inter,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=positions,
-            **common,
-        )
-    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    base = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": positions,
+    }
+    shape = {**base, "intermediate_size": inter}
+    gqa = {**shape, "num_key_value_heads": max(1, heads // 2)}
+    gpt2 = {"n_embd": hidden, "n_inner": inter, "n_layer": layers, "n_head": heads, "n_positions": positions}
+    cls, kw = {
+        "llama": (tf.LlamaConfig, {**gqa, "tie_word_embeddings": True}),
+        "qwen2": (tf.Qwen2Config, gqa),
+        "phi": (tf.PhiConfig, shape),
+        "opt": (tf.OPTConfig, {**base, "ffn_dim": inter, "word_embed_proj_dim": hidden}),
+        "gpt2": (tf.GPT2Config, gpt2),
+    }[arch]
+    return cls(**kw, **common)
 
 
 def tiny_model(arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **config_kwargs):
@@ -132,9 +106,3 @@ def load_tiny(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
             f"tiny model name must be one of {', '.join('tiny-' + a for a in ARCHS)}, got {name!r}"
         )
     return tiny_model(arch, seed=seed, dtype=dtype), tiny_tokenizer()
-
-
-def random_ids(nsamples: int, seqlen: int, vocab: int = 256, seed: int = 0) -> torch.Tensor:
-    """Tokenizer-free calibration: uniform random ids (nsamples, seqlen) from a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (nsamples, seqlen), generator=g)

@@ -4,51 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
-import torch
-
+from iobs.config import to_dict
+from iobs.data.calibration import CalibrationStream
 from iobs.prune.checkpoint import check_output_dir, peak_memory, save_checkpoint, state_dir_for
 from iobs.prune.config import PruneConfig
+from iobs.prune.decoder import prune_decoder
 from iobs.prune.report import summarize
-from iobs.prune.sequential import prune_decoder
-from iobs.utils import atomic_write_json, environment, resolve_device
+from iobs.utils import DTYPES, atomic_write_json, environment, resolve_device
 
 log = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
-
-def load(name: str, dtype: torch.dtype):
-    """(model, tokenizer) for a tiny test model (``tiny-llama`` ...) or anything that
-    :func:`iobs.models.load_model` knows (named offline assets, local folders, Hugging Face ids)."""
-    if name.startswith("tiny-"):
-        from iobs.models.tiny import load_tiny
-
-        return load_tiny(name, dtype=dtype)
-    from iobs.models import load_model
-
-    return load_model(name, device="cpu", dtype=dtype)
-
-
-def calibration_ids(config: PruneConfig, tokenizer, vocab_size: int) -> torch.Tensor:
-    """(nsamples, seqlen) ids: ``calib="random"`` draws uniform ids (tokenizer-free), anything else goes to
-    :func:`iobs.data.calibration.calibration_batch`."""
-    if config.calib == "random":
-        from iobs.models.tiny import random_ids
-
-        return random_ids(config.nsamples, config.seqlen, vocab=vocab_size, seed=config.seed)
-    from iobs.data.calibration import calibration_batch
-
-    return calibration_batch(
-        tokenizer, source=config.calib, nsamples=config.nsamples, seqlen=config.seqlen, seed=config.seed
-    )
+def calibration_stream(config: PruneConfig, tokenizer, model) -> CalibrationStream:
+    """The run's calibration windows (one-shot = ``batch(1)``; I-OBS iteration t = ``batch(t)``)."""
+    vocab = model.get_input_embeddings().num_embeddings
+    return CalibrationStream(tokenizer, config.calib, config.nsamples, config.seqlen, config.seed, vocab)
 
 
 def evaluate(model, tokenizer, config: PruneConfig, device, progress: bool = False) -> dict:
@@ -61,52 +35,13 @@ def evaluate(model, tokenizer, config: PruneConfig, device, progress: bool = Fal
     out = {}
     try:
         for data in config.eval:
+            seqlen = config.eval_seqlen or config.seqlen
             out[data] = perplexity(
-                model,
-                tokenizer,
-                data=data,
-                seqlen=config.eval_seqlen or config.seqlen,
-                max_windows=config.eval_max_windows,
-                device=device,
-                progress=progress,
+                model, tokenizer, data, seqlen, config.eval_max_windows, device=device, progress=progress
             )
     finally:
         model.to(home)
     return out
-
-
-def _iobs(model, tokenizer, config: PruneConfig, device, progress: bool, state_dir):
-    """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
-    from iobs.prune.iobs_lm import iobs_prune_lm
-
-    records: dict[int, list[dict]] = {}
-    res = iobs_prune_lm(
-        model,
-        tokenizer,
-        method=config.layer_solver,
-        sparsity=config.sparsity,
-        pattern=config.pattern,
-        iterations=config.iterations,
-        dense_step=config.dense_step,
-        lr=config.lr,
-        damping=config.damping,
-        epochs=config.epochs,
-        calib=config.calib,
-        nsamples=config.nsamples,
-        seqlen=config.seqlen,
-        seed=config.seed,
-        validation=config.validation,
-        val_max_windows=config.val_max_windows,
-        include=config.include,
-        exclude=config.exclude,
-        device=device,
-        progress=progress,
-        state_dir=state_dir,
-        state_key=f"{config.key()}:{config.model}",
-        on_records=records.__setitem__,
-        **config.layer_kwargs(),
-    )
-    return records.get(res.best) or records[max(records)], res
 
 
 def prune(config: PruneConfig, progress: bool = True, callback=None) -> dict:
@@ -126,67 +61,113 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     out = check_output_dir(config.out, config.overwrite) if config.out else None
     dev = resolve_device(config.device)
     timings = {}
+    clock = _Clock(timings)
 
-    t0 = time.perf_counter()
-    model, tokenizer = load(config.model, DTYPES[config.dtype])
-    timings["load_s"] = time.perf_counter() - t0
+    from iobs.models import load_model
 
-    t0 = time.perf_counter()
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = calibration_ids(config, tokenizer, vocab)
-    if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < config.seqlen:
-        raise ValueError(
-            f"calibration source {config.calib!r} gave ids of shape {tuple(ids.shape)}; need "
-            f"nsamples={config.nsamples} sequences of seqlen={config.seqlen} tokens"
-        )
-    timings["calibration_s"] = time.perf_counter() - t0
-
+    with clock("load_s"):
+        model, tokenizer = load_model(config.model, device="cpu", dtype=DTYPES[config.dtype])
+    with clock("calibration_s"):
+        stream = calibration_stream(config, tokenizer, model)
+        ids = stream.batch(1)
     dense_evals = {}
     if config.eval and config.eval_dense:
-        t0 = time.perf_counter()
-        dense_evals = evaluate(model, tokenizer, config, dev, progress)
-        timings["eval_dense_s"] = time.perf_counter() - t0
+        with clock("eval_dense_s"):
+            dense_evals = evaluate(model, tokenizer, config, dev, progress)
+    state_dir, resumed = _resume_state(config, out)
+    with clock("prune_s"):
+        if config.method == "iobs":
+            records, loop = _iobs(model, tokenizer, config, stream, progress, state_dir)
+        else:
+            state_key = f"{config.key()}:{config.model}"
+            walk = {"state_dir": state_dir, "state_key": state_key, "callback": callback}
+            records, loop = _one_shot(model, ids, config, dev, progress, walk), None
+    with clock("eval_s"):
+        evals = evaluate(model, tokenizer, config, dev, progress) if config.eval else {}
 
-    state_dir, resumed = None, 0
+    report = _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings)
+    if loop is not None:
+        report["iobs"] = loop.to_dict()
     if out is not None:
-        state_dir = state_dir_for(out, config.key())
-        manifest = state_dir / "state.json"
-        if not config.resume and state_dir.exists():
-            import shutil
+        with clock("save_s"):
+            report["timings"]["total_s"] = time.perf_counter() - t_start  # before saving; save_s added below
+            report["memory"] = peak_memory()
+            _save(model, tokenizer, config, out, report, loop)
+            if state_dir is not None:
+                shutil.rmtree(state_dir, ignore_errors=True)
+        report["out"] = str(Path(out).absolute())
+    timings["total_s"] = time.perf_counter() - t_start
+    report["memory"] = peak_memory()
+    return model, tokenizer, report
 
-            shutil.rmtree(state_dir)
-        elif manifest.exists():
-            resumed = int(json.loads(manifest.read_text()).get("blocks_done", 0))
 
-    t0 = time.perf_counter()
-    loop = None
-    if config.method == "iobs":
-        records, loop = _iobs(model, tokenizer, config, dev, progress, state_dir)
-    else:
-        records = prune_decoder(
-            model,
-            ids,
-            config.method,
-            config.sparsity,
-            config.pattern,
-            include=config.include,
-            exclude=config.exclude,
-            sequential=config.sequential,
-            progress=progress,
-            device=dev,
-            state_dir=state_dir,
-            state_key=f"{config.key()}:{config.model}",
-            callback=callback,
-            **config.layer_kwargs(),
-        )
-    timings["prune_s"] = time.perf_counter() - t0
+class _Clock:
+    """``with clock("name_s"):`` adds the block's wall time to ``timings["name_s"]``."""
 
-    t0 = time.perf_counter()
-    evals = evaluate(model, tokenizer, config, dev, progress) if config.eval else {}
-    timings["eval_s"] = time.perf_counter() - t0
+    def __init__(self, timings: dict):
+        self.timings, self.name, self.t0 = timings, None, 0.0
 
-    report = {
-        "config": config.to_dict(),
+    def __call__(self, name: str):
+        self.name = name
+        return self
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.timings[self.name] = time.perf_counter() - self.t0
+        return False
+
+
+def _resume_state(config: PruneConfig, out: Path | None) -> tuple[Path | None, int]:
+    """(state folder of this configuration, blocks an interrupted run finished); ``--no-resume`` clears it."""
+    if out is None:
+        return None, 0
+    state_dir = state_dir_for(out, config.key())
+    manifest = state_dir / "state.json"
+    if not config.resume and state_dir.exists():
+        shutil.rmtree(state_dir)
+    elif manifest.exists():
+        return state_dir, int(json.loads(manifest.read_text()).get("blocks_done", 0))
+    return state_dir, 0
+
+
+def _one_shot(model, ids, config: PruneConfig, dev, progress: bool, walk: dict) -> list[dict]:
+    return prune_decoder(
+        model,
+        ids,
+        config.solver(),
+        include=config.include,
+        exclude=config.exclude,
+        sequential=config.sequential,
+        progress=progress,
+        device=dev,
+        **walk,
+    )
+
+
+def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir):
+    """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
+    from iobs.prune.iobs_lm import iobs_prune_lm
+
+    records: dict[int, list[dict]] = {}
+    res = iobs_prune_lm(
+        model,
+        tokenizer,
+        config,
+        stream=stream,
+        progress=progress,
+        state_dir=state_dir,
+        state_key=f"{config.key()}:{config.model}",
+        on_records=records.__setitem__,
+    )
+    return records.get(res.best) or records[max(records)], res
+
+
+def _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings) -> dict:
+    return {
+        "config": to_dict(config),
         "key": config.key(),
         "seed": config.seed,
         "environment": environment(),
@@ -210,24 +191,15 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         "layers": records,
         "timings": timings,
     }
+
+
+def _save(model, tokenizer, config: PruneConfig, out: Path, report: dict, loop) -> None:
+    """The checkpoint with report.json; for I-OBS also history.json and history.png."""
+    save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
     if loop is not None:
-        report["iobs"] = loop.to_dict()
-    if out is not None:
-        t0 = time.perf_counter()
-        report["timings"]["total_s"] = time.perf_counter() - t_start  # before saving; save_s added below
-        report["memory"] = peak_memory()
-        save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
-        if loop is not None:
-            from iobs.prune.outer_loop import plot_history
+        from iobs.loop import history_figure
+        from iobs.utils import save_figure
 
-            atomic_write_json(Path(out) / "history.json", loop.to_dict())
-            plot_history(loop, Path(out) / "history.png", title=f"I-OBS on {config.model} ({config.target})")
-        timings["save_s"] = time.perf_counter() - t0
-        if state_dir is not None:
-            import shutil
-
-            shutil.rmtree(state_dir, ignore_errors=True)
-        report["out"] = str(Path(out).absolute())
-    timings["total_s"] = time.perf_counter() - t_start
-    report["memory"] = peak_memory()
-    return model, tokenizer, report
+        atomic_write_json(Path(out) / "history.json", loop.to_dict())
+        title = f"I-OBS on {config.model} ({config.target})"
+        save_figure(history_figure(loop, title=title), Path(out) / "history.png")

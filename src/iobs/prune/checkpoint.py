@@ -136,6 +136,3 @@ class WalkState:
         with torch.no_grad():
             for n, m in layers.items():
                 m.weight.copy_(tensors[n].to(m.weight.device, m.weight.dtype))
-
-    def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,20 +1,27 @@
-"""One typed configuration shared by ``iobs prune``, :func:`iobs.prune.api.prune` and report.json."""
+"""One typed configuration shared by ``iobs prune``, :func:`iobs.prune.api.prune` and report.json.
+
+Every field is declared with :func:`iobs.config.option`: its default here is the default of the command
+line (generated from these fields), of the library and of what report.json records.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from iobs._validate import check_int_range, check_sparsity, parse_nm
+from iobs.config import csv_list, option
+from iobs.data.calibration import CALIB_SOURCES
+from iobs.obs.layer import METHODS as LAYER_SOLVERS
+from iobs.prune.decoder import SEQUENTIAL
+from iobs.prune.dense_step import DENSE_STEPS
+from iobs.prune.solve import LayerSolver
+from iobs.utils import DTYPES
 
-METHODS = ("sparsegpt", "obc", "wanda", "magnitude", "iobs")
-LAYER_SOLVERS = ("sparsegpt", "obc", "wanda", "magnitude")
-DENSE_STEPS = ("finetune", "newton", "none")
-SEQUENTIAL = ("block", "true")
-DTYPES = ("float32", "float64", "bfloat16", "float16")
+METHODS = (*LAYER_SOLVERS, "iobs")
+_IOBS = "I-OBS (--method iobs); defaults = the best setting of the Table 2 search"
 
 # fields that do not change the pruned weights (left out of the resume key)
 _NOT_IN_KEY = (
@@ -34,43 +41,60 @@ class PruneConfig:
     """Everything that defines a pruning run.
 
     Exactly one of ``sparsity`` (fraction pruned per layer, or per row with ``per_row``) and ``pattern``
-    (N:M, keep N of every M consecutive inputs) is set. ``sequential="block"`` solves all layers of a
-    block from one pass of the block's (pruned-upstream) inputs; ``"true"`` re-runs the block after each
-    group of layers that share an input, so later layers see the already-pruned earlier ones.
+    (N:M, keep N of every M consecutive inputs) is set; ``sparsity`` is 0.5 when neither is given.
+    ``sequential="block"`` solves all layers of a block from one pass of the block's (pruned-upstream)
+    inputs; ``"true"`` re-runs the block after each group of layers that share an input, so later layers
+    see the already-pruned earlier ones.
     """
 
-    model: str
-    method: str = "sparsegpt"
-    sparsity: float | None = 0.5
-    pattern: str | None = None
-    calib: str = "wiki"
-    nsamples: int = 32
-    seqlen: int = 512
-    seed: int = 0
-    blocksize: int = 128
-    percdamp: float = 0.01
-    per_row: bool = False
-    sequential: str = "block"
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-    device: str | None = "auto"
-    dtype: str = "float32"
-    out: str | None = None
-    overwrite: bool = False
-    resume: bool = True
-    eval: list[str] = field(default_factory=list)
-    eval_seqlen: int | None = None
-    eval_max_windows: int | None = None
-    eval_dense: bool = False
-    # method="iobs" (the I-OBS outer loop); defaults = the setting that won the Table 2 search
-    iterations: int = 3
-    dense_step: str = "finetune"
-    lr: float = 5e-5
-    damping: float = 0.01
-    epochs: int = 1
-    layer_solver: str = "sparsegpt"
-    validation: list[str] = field(default_factory=lambda: ["wiki-val"])
-    val_max_windows: int | None = 16
+    model: str = option(
+        help="smollm2-135m, tiny-llama|tiny-opt|tiny-gpt2|tiny-qwen2|tiny-phi, a folder or a hub id",
+        positional=True,
+        metavar="MODEL",
+    )
+    method: str = option("sparsegpt", choices=METHODS)
+    sparsity: float | None = option(
+        None, "fraction of weights pruned (default 0.5 unless --pattern)", exclusive="target", parse=float
+    )
+    pattern: str | None = option(None, "N:M semi-structured pattern, e.g. 2:4", exclusive="target", parse=str)
+    calib: str = option("wiki", "calibration source: wiki, news, a text file, or random")
+    nsamples: int = option(32, "calibration sequences")
+    seqlen: int = option(512, "tokens per calibration sequence")
+    seed: int = option(0)
+    blocksize: int = option(128, "SparseGPT column block size")
+    percdamp: float = option(0.01, "damping as a fraction of mean(diag H)")
+    per_row: bool = option(False, "apply --sparsity in every row")
+    sequential: str = option(
+        "block",
+        "block: all layers of a block from one pass; true: re-run after each group",
+        choices=SEQUENTIAL,
+    )
+    include: list[str] | None = option(None, "comma-separated globs or re:REGEX", parse=csv_list)
+    exclude: list[str] | None = option(None, "comma-separated globs or re:REGEX", parse=csv_list)
+    device: str | None = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    dtype: str = option("float32", choices=tuple(DTYPES))
+    out: str | None = option(None, "output folder for the pruned checkpoint and report.json", parse=str)
+    overwrite: bool = option(False, "replace an existing --out folder")
+    resume: bool = option(True, "ignore finished blocks of an interrupted run of the same configuration")
+    eval: list[str] = option(
+        default_factory=list, help="comma-separated: wiki-test, news, FILE", parse=csv_list
+    )
+    eval_seqlen: int | None = option(None, "perplexity window (default --seqlen)", parse=int)
+    eval_max_windows: int | None = option(None, parse=int)
+    eval_dense: bool = option(False, "also evaluate the dense model (same windows)")
+    iterations: int = option(3, "outer iterations (1 = one-shot)", group=_IOBS)
+    dense_step: str = option("finetune", choices=DENSE_STEPS, group=_IOBS)
+    lr: float = option(5e-5, "dense-step learning rate (Adam / Newton step size)", group=_IOBS)
+    damping: float = option(0.01, "newton: λ as a fraction of mean(diag H)", group=_IOBS)
+    epochs: int = option(1, "finetune: passes over the calibration batch", group=_IOBS)
+    layer_solver: str = option("sparsegpt", choices=LAYER_SOLVERS, group=_IOBS)
+    validation: list[str] = option(
+        default_factory=lambda: ["wiki-val"],
+        help="corpora to select the best on",
+        parse=csv_list,
+        group=_IOBS,
+    )
+    val_max_windows: int | None = option(16, "windows per validation corpus", parse=int, group=_IOBS)
 
     def __post_init__(self):
         self.validate()
@@ -78,21 +102,8 @@ class PruneConfig:
     def validate(self) -> PruneConfig:
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty name or path, got {self.model!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.pattern is not None and self.sparsity is not None:
-            raise ValueError(
-                f"give either sparsity ({self.sparsity}) or pattern ({self.pattern!r}), not both"
-            )
-        if self.pattern is None and self.sparsity is None:
-            raise ValueError("one of sparsity (a fraction in [0, 1)) or pattern ('N:M') is required")
-        if self.sparsity is not None:
-            self.sparsity = check_sparsity(self.sparsity)
-        if self.pattern is not None:
-            n, m = parse_nm(self.pattern)
-            self.pattern = f"{n}:{m}"
-            if self.per_row:
-                raise ValueError("per_row applies to a sparsity fraction, not to an N:M pattern")
+        _check_choice("method", self.method, METHODS)
+        self._check_target()
         if not isinstance(self.calib, str) or not self.calib:
             raise ValueError(f"calib must be a calibration source name or file, got {self.calib!r}")
         check_int_range("nsamples", self.nsamples, 1, 10**6)
@@ -103,67 +114,81 @@ class PruneConfig:
             raise ValueError(
                 f"percdamp must be a number >= 0 (a fraction of mean(diag H)), got {self.percdamp!r}"
             )
-        if self.sequential not in SEQUENTIAL:
-            raise ValueError(f"sequential must be one of {SEQUENTIAL}, got {self.sequential!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str):
-                v = [p for p in v.split(",") if p]
-                setattr(self, name, v)
-            if v is not None and not all(isinstance(p, str) and p for p in v):
-                raise ValueError(f"{name} must be a list of non-empty name patterns, got {v!r}")
+        _check_choice("sequential", self.sequential, SEQUENTIAL)
+        _check_choice("dtype", self.dtype, tuple(DTYPES))
+        self.include, self.exclude = _patterns("include", self.include), _patterns("exclude", self.exclude)
         if isinstance(self.eval, str):
-            self.eval = [e for e in self.eval.split(",") if e]
+            self.eval = csv_list(self.eval)
+        for name in ("eval_seqlen", "eval_max_windows"):
+            if getattr(self, name) is not None:
+                check_int_range(name, getattr(self, name), 1, 10**9)
         if self.method == "iobs":
-            check_int_range("iterations", self.iterations, 1, 10**4)
-            check_int_range("epochs", self.epochs, 1, 10**4)
-            if self.dense_step not in DENSE_STEPS:
-                raise ValueError(
-                    f"dense_step must be one of {', '.join(DENSE_STEPS)}, got {self.dense_step!r}"
-                )
-            if self.layer_solver not in LAYER_SOLVERS:
-                raise ValueError(
-                    f"layer_solver must be one of {', '.join(LAYER_SOLVERS)}, got {self.layer_solver!r}"
-                )
-            for name in ("lr", "damping"):
-                v = getattr(self, name)
-                if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-            if isinstance(self.validation, str):
-                self.validation = [v for v in self.validation.split(",") if v]
-            if not self.validation:
-                raise ValueError("validation must name at least one corpus (e.g. wiki-val)")
-            if self.val_max_windows is not None:
-                check_int_range("val_max_windows", self.val_max_windows, 1, 10**9)
-        if self.eval_seqlen is not None:
-            check_int_range("eval_seqlen", self.eval_seqlen, 1, 10**7)
-        if self.eval_max_windows is not None:
-            check_int_range("eval_max_windows", self.eval_max_windows, 1, 10**9)
+            self._check_iobs()
         return self
+
+    def _check_target(self) -> None:
+        if self.pattern is not None and self.sparsity is not None:
+            raise ValueError(
+                f"give either sparsity ({self.sparsity}) or pattern ({self.pattern!r}), not both"
+            )
+        if self.pattern is None:
+            self.sparsity = check_sparsity(0.5 if self.sparsity is None else self.sparsity)
+            return
+        n, m = parse_nm(self.pattern)
+        self.pattern = f"{n}:{m}"
+        if self.per_row:
+            raise ValueError("per_row applies to a sparsity fraction, not to an N:M pattern")
+
+    def _check_iobs(self) -> None:
+        check_int_range("iterations", self.iterations, 1, 10**4)
+        check_int_range("epochs", self.epochs, 1, 10**4)
+        _check_choice("dense_step", self.dense_step, DENSE_STEPS)
+        _check_choice("layer_solver", self.layer_solver, LAYER_SOLVERS)
+        for name in ("lr", "damping"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if isinstance(self.validation, str):
+            self.validation = csv_list(self.validation)
+        if not self.validation:
+            raise ValueError("validation must name at least one corpus (e.g. wiki-val)")
+        calib_text = CALIB_SOURCES.get(self.calib, self.calib)
+        for v in self.validation:  # the loop selects on validation: it must be held out
+            if v in (self.calib, calib_text):
+                raise ValueError(
+                    f"validation corpus {v!r} is the calibration source {self.calib!r}: choose a held-out "
+                    "split (e.g. calib='wiki' with validation 'wiki-val')"
+                )
+        if self.val_max_windows is not None:
+            check_int_range("val_max_windows", self.val_max_windows, 1, 10**9)
 
     @property
     def target(self) -> str:
         """Human label of the sparsity target: '50%' or '2:4'."""
         return self.pattern if self.pattern else f"{100 * self.sparsity:g}%"
 
-    def layer_kwargs(self) -> dict:
-        """Keyword options passed to the layer solver."""
-        return {"per_row": self.per_row, "blocksize": self.blocksize, "percdamp": self.percdamp}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PruneConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown PruneConfig fields {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
+    def solver(self) -> LayerSolver:
+        """The layer solver: ``method`` (one-shot) or ``layer_solver`` (inside I-OBS)."""
+        method = self.layer_solver if self.method == "iobs" else self.method
+        return LayerSolver(method, self.sparsity, self.pattern, self.per_row, self.blocksize, self.percdamp)
 
     def key(self) -> str:
         """Hash of the fields that determine the pruned weights (names the resume state)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        from iobs.config import to_dict
+
+        d = {k: v for k, v in to_dict(self).items() if k not in _NOT_IN_KEY}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _patterns(name: str, value) -> list[str] | None:
+    """A list of non-empty layer-name patterns (a comma-separated string is split), or None."""
+    if isinstance(value, str):
+        value = csv_list(value)
+    if value is not None and not all(isinstance(p, str) and p for p in value):
+        raise ValueError(f"{name} must be a list of non-empty name patterns, got {value!r}")
+    return value

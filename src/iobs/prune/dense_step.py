@@ -21,7 +21,7 @@ from torch import nn
 
 from iobs.prune.hessian import accumulate_hessians
 from iobs.prune.layers import find_layers, get_weight, set_weight
-from iobs.prune.sequential import _to
+from iobs.prune.walk import to_device as _to
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 DENSE_STEPS = ("newton", "finetune", "none")
@@ -47,13 +47,6 @@ def _check_lr(lr) -> float:
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
     return lr
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, batches: Sequence, loss_fn: LossFn) -> float:
-    """Mean task loss over the batches (no gradient)."""
-    device = next(model.parameters()).device
-    return sum(float(loss_fn(model, _to(b, device))) for b in batches) / len(batches)
 
 
 def newton_step(

@@ -8,12 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from iobs.prune.dense_step import classification_loss, dense_step, mean_loss
+from iobs.loop import history_figure, run_iobs
+from iobs.prune.dense_step import classification_loss, dense_step
 from iobs.prune.layers import find_layers, get_weight
-from iobs.prune.outer_loop import plot_history, run_iobs
-from iobs.prune.sequential import prune_module
+from iobs.prune.solve import LayerSolver
+from iobs.prune.walk import prune_module
+from iobs.utils import save_figure
 
 SPARSITY = 0.7
+
+
+@torch.no_grad()
+def mean_loss(model, batches, loss_fn) -> float:
+    """Mean task loss over the batches."""
+    return sum(float(loss_fn(model, b)) for b in batches) / len(batches)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +58,8 @@ def _batches(digits, t, size=100):
 
 
 def _loop(model, digits, step="finetune", iterations=4, **kw):
-    def project(m, batches):
-        return prune_module(m, [b[0] for b in batches], "sparsegpt", SPARSITY, progress=False)
+    def project(m, batches, t):
+        return prune_module(m, [b[0] for b in batches], LayerSolver("sparsegpt", SPARSITY), progress=False)
 
     def evaluate(m):
         return {"val_loss": mean_loss(m, [digits["val"]], classification_loss)}
@@ -77,7 +85,9 @@ def _weights(model):
 
 def test_iteration_one_is_one_shot(trained, digits):
     one_shot = copy.deepcopy(trained)
-    prune_module(one_shot, [b[0] for b in _batches(digits, 1)], "sparsegpt", SPARSITY, progress=False)
+    prune_module(
+        one_shot, [b[0] for b in _batches(digits, 1)], LayerSolver("sparsegpt", SPARSITY), progress=False
+    )
     looped = copy.deepcopy(trained)
     _loop(looped, digits, iterations=1)
     for name, W in _weights(one_shot).items():
@@ -104,7 +114,7 @@ def test_loop_improves_and_keeps_exact_sparsity(trained, digits, tmp_path):
     assert restored == pytest.approx(losses[res.best], rel=1e-6)
     for W in _weights(model).values():
         assert int((W == 0).sum()) >= int(SPARSITY * W.numel())
-    png = plot_history(res, tmp_path / "history.png")
+    png = save_figure(history_figure(res), tmp_path / "history.png")
     assert png.stat().st_size > 5000
 
 
