@@ -4,7 +4,7 @@
         [--png benchmarks/results/recovery_convergence.png] [--out benchmarks/results/recovery_convergence.md]
 
 The experiment is iobs.recovery.convergence.logistic_convergence (meant to become an ``iobs reproduce``
-target once the reproduce/ package's new shape lands on main): e_t = ‖θ_t − θ̂‖/‖θ̂‖ per iteration,
+target once see also ``iobs reproduce convergence``): e_t = ‖θ_t − θ̂‖/‖θ̂‖ per iteration,
 θ̂ the maximum-likelihood fit on the planted support, θ0 = 0. The table lists the per-step exponents
 log e_{t+1}/log e_t on 1e-13 ≤ e ≤ 1e-1 (2 = quadratic; near 1 = linear).
 """
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import recovery as rb  # noqa: E402
 
-from iobs.recovery.convergence import fitted_slopes, logistic_convergence, plot_convergence  # noqa: E402
-from iobs.utils import atomic_write_text, markdown_table  # noqa: E402
+from iobs.recovery.convergence import convergence_figure, logistic_convergence, slope_rows  # noqa: E402
+from iobs.utils import atomic_write_text, markdown_table, save_figure  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -41,19 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     r = logistic_convergence(n=args.n, d=args.d, k=args.k, seed=args.seed)
-    plot_convergence(r, args.png)
-    rows = []
-    for label, e in r["curves"].items():
-        s = fitted_slopes(e)
-        rows.append(
-            {
-                "solver": label,
-                "iterations": len(e) - 1,
-                "final error": f"{e[-1]:.1e}",
-                "exponents log e_{t+1}/log e_t": ", ".join(f"{x:.2f}" for x in s[:6])
-                + (" …" if len(s) > 6 else ""),
-            }
-        )
+    save_figure(convergence_figure(r), args.png)
+    rows = slope_rows(r)
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
     text = (
         f"# Logistic loss: local convergence\n\nCommand: `{cmd}`  \nDate: "

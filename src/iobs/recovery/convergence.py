@@ -17,7 +17,7 @@ from iobs.recovery.objectives import Logistic
 from iobs.recovery.solvers import _fit_on_support, solve
 from iobs.recovery.synthetic import logistic_problem
 
-__all__ = ["logistic_convergence", "fitted_slopes", "plot_convergence"]
+__all__ = ["logistic_convergence", "fitted_slopes", "convergence_figure", "slope_rows"]
 
 SOLVERS = (
     ("iobs", {}),
@@ -55,14 +55,11 @@ def fitted_slopes(curve: list[float], lo: float = 1e-13, hi: float = 1e-1) -> li
     return out
 
 
-def plot_convergence(result: dict, path) -> None:
+def convergence_figure(result: dict):
     """log10 e_t per iteration (left) and log e_{t+1} against log e_t with slopes 1 and 2 (right)."""
-    import matplotlib
+    from iobs.utils import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4.2))
     for label, e in result["curves"].items():
         e = torch.tensor(e, dtype=torch.float64).clamp_min(1e-17)
         a.semilogy(range(len(e)), e, marker="o", ms=3, label=label)
@@ -82,5 +79,21 @@ def plot_convergence(result: dict, path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def slope_rows(result: dict) -> list[dict]:
+    """One table row per solver: iterations, final error and the first exponents."""
+    rows = []
+    for label, e in result["curves"].items():
+        s = fitted_slopes(e)
+        rows.append(
+            {
+                "solver": label,
+                "iterations": len(e) - 1,
+                "final error": f"{e[-1]:.1e}",
+                "exponents log e_{t+1}/log e_t": ", ".join(f"{x:.2f}" for x in s[:6])
+                + (" …" if len(s) > 6 else ""),
+            }
+        )
+    return rows
