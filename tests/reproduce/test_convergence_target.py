@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from iobs.cli import main
 
 
@@ -35,7 +33,6 @@ def test_convergence_target_smoke(tmp_path):
     assert "| iobs |" in (out / "convergence.md").read_text()
 
 
-def test_convergence_config_rejects_n_below_d(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["reproduce", "convergence", "--out", str(tmp_path), "--n", "10", "--d", "20"])
-    assert "n must be an integer in [20, " in capsys.readouterr().err
+def test_convergence_config_rejects_n_below_d(tmp_path, capfd):
+    assert main(["reproduce", "convergence", "--out", str(tmp_path), "--n", "10", "--d", "20"]) == 2
+    assert "n must be an integer in [20, " in capfd.readouterr().err
