@@ -228,12 +228,14 @@ def summarize(classes: dict, keys: list[str]) -> dict:
             rs = [r for r in allrecs if r["solver"] == key]
             if not rs:
                 continue
-            rates = []
+            rates, ran = [], []
             for k in ks:
                 rk = [r for r in entry["cells"][k] if r["solver"] == key]
                 rates.append(float(np.mean([r["ok"] for r in rk])) if rk else 0.0)
+                ran.append(bool(rk))
             row[key] = dict(
                 rates=rates,
+                ran=ran,
                 ks=ks,
                 mean=float(np.mean(rates)),
                 k50=rb.k_at_half(ks, rates),
@@ -313,7 +315,10 @@ def _per_solver_table(summary, labels, keys) -> str:
                     "solver": labels[key],
                     "mean rate": f"{r['mean']:.3f}",
                     "k@50%": _k(r["k50"]),
-                    **{f"k={k}": f"{v:.2f}" for k, v in zip(r["ks"], r["rates"])},
+                    **{
+                        f"k={k}": (f"{v:.2f}" if ran else "(0)")
+                        for k, v, ran in zip(r["ks"], r["rates"], r["ran"])
+                    },
                     "median ms": f"{r['time'] * 1e3:.3g}",
                     "median iters": "—" if r["iters"] is None else f"{r['iters']:.0f}",
                     "median rel. err": f"{r['rel']:.1e}",
