@@ -153,9 +153,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default="/tmp/recovery_logistic_cells")
     ap.add_argument("--out", default=None)
     ap.add_argument("--seed-base", type=int, default=3 * 10**6)
+    ap.add_argument("--sizes", default=None, help="comma-separated indices into SIZES (default: all)")
     args = ap.parse_args(argv)
     trials = args.trials or (3 if args.quick else 20)
     sizes = SIZES[:2] if args.quick else SIZES
+    if args.sizes:
+        sizes = [SIZES[int(i)] for i in args.sizes.split(",")]
     cells = Path(args.cells)
     cells.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
