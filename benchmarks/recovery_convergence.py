@@ -17,16 +17,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-import recovery as rb  # noqa: E402
+from recovery_suite import emit, report_head  # noqa: E402
 
 from iobs.recovery.convergence import convergence_figure, logistic_convergence, slope_rows  # noqa: E402
-from iobs.utils import atomic_write_text, markdown_table, save_figure  # noqa: E402
+from iobs.utils import markdown_table, save_figure  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -43,17 +42,12 @@ def main(argv=None) -> int:
     r = logistic_convergence(n=args.n, d=args.d, k=args.k, seed=args.seed)
     save_figure(convergence_figure(r), args.png)
     rows = slope_rows(r)
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
     text = (
-        f"# Logistic loss: local convergence\n\nCommand: `{cmd}`  \nDate: "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  \nMachine: {rb.machine()}  \n"
-        f"n={r['n']}, d={r['d']}, k={r['k']}, seed {r['seed']}; plot: `{args.png}`.\n\n"
+        report_head("Logistic loss: local convergence", argv)
+        + f"n={r['n']}, d={r['d']}, k={r['k']}, seed {r['seed']}; plot: `{args.png}`.\n\n"
         + markdown_table(rows)
     )
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text)
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

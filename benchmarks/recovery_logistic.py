@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-import recovery as rb  # noqa: E402
+from recovery_suite import emit, report_head  # noqa: E402
 
 from iobs.recovery.estimators import IOBSClassifier  # noqa: E402
 from iobs.recovery.synthetic import logistic_problem  # noqa: E402
-from iobs.utils import atomic_write_json, atomic_write_text, markdown_table  # noqa: E402
+from iobs.utils import atomic_write_json, markdown_table  # noqa: E402
 
 torch.set_num_threads(1)
 SIZES = ((100, 200, 5), (300, 500, 10), (500, 1000, 20), (1000, 2000, 40))
@@ -169,17 +169,12 @@ def main(argv=None) -> int:
     results = []
     for ci, ((n, d, k), rho) in enumerate((s, r) for s in sizes for r in RHOS):
         results.append(run_class(ci, n, d, k, rho, trials, cells, log, args.seed_base))
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
     text = (
-        f"# Sparse logistic regression: support recovery\n\nCommand: `{cmd}`  \n"
-        f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  \nMachine: {rb.machine()}  \nCommit: {rb._git()}  \n"
-        f"{trials} trials per class; |w*_j| ~ U[1, 2]·{SCALE:g}, intercept {INTERCEPT:g}; success = exact "
+        report_head("Sparse logistic regression: support recovery", argv)
+        + f"{trials} trials per class; |w*_j| ~ U[1, 2]·{SCALE:g}, intercept {INTERCEPT:g}; success = exact "
         "support; times are medians per fit, one thread.\n\n" + render(results)
     )
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text)
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -373,6 +373,23 @@ def plot(summary: dict, labels: dict, keys: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def report_head(title: str, argv) -> str:
+    """The markdown title and the Command / Date / Machine / Commit lines of a benchmark table."""
+    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
+    return (
+        f"# {title}\n\nCommand: `{cmd}`  \nDate: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  \n"
+        f"Machine: {rb.machine()}  \nCommit: {rb._git()}  \n"
+    )
+
+
+def emit(text: str, out) -> int:
+    """Print the table and write it to ``out`` (when given)."""
+    print(text)
+    if out:
+        atomic_write_text(out, text)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 classes, 5 trials: a smoke run")
@@ -413,18 +430,15 @@ def main(argv=None) -> int:
         for ci in picked:
             run_class(ci, g[ci], sols, args, cells, log)
     summary = summarize(load_cells(cells, args.split), list(sols))
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
     text = (
-        f"# Recovery suite ({args.split} seeds)\n\nCommand: `{cmd}`  \nDate: "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  \nMachine: {rb.machine()}  \nCommit: {rb._git()}  \n"
-        f"N = {N}, {args.trials} trials per (class, k); success: rel. error < {rb.SUCCESS:g} (noiseless) "
+        report_head(f"Recovery suite ({args.split} seeds)", argv)
+        + f"N = {N}, {args.trials} trials per (class, k); success: rel. error < {rb.SUCCESS:g} (noiseless) "
         "or exact support (noisy). Class rate = mean over the class's k grid. Best peer among "
         f"{', '.join(PEERS)}. Times: medians, ratios paired on the same problems, one thread.\n\n"
         + render(summary, labels, list(sols))
     )
-    print(text)
+    emit(text, args.out)
     if args.out:
-        atomic_write_text(args.out, text)
         atomic_write_json(Path(args.out).with_suffix(".json"), summary)
     if args.png:
         plot(summary, labels, list(sols), Path(args.png))
