@@ -11,6 +11,7 @@ TARGETS = {
     "table2": "iobs.reproduce.table2",
     "figure2": "iobs.reproduce.figure2",
     "table5": "iobs.reproduce.table5",
+    "convergence": "iobs.reproduce.convergence",
 }
 
 
