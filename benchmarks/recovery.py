@@ -146,6 +146,7 @@ def solver_entries(skscope_ok: bool) -> list[Entry]:
         Entry(
             "r-topk-iobs", "restricted Topk-I-OBS", "ours", _ours("restricted-topk-iobs"), iobs_variant=True
         ),
+        Entry("auto", "auto (default portfolio)", "ours", _ours("auto"), iobs_variant=True),
         Entry("abess", "abess (defaults)", "peer", _abess(False)),
         Entry("abess-rs", f"abess (y rescaled to RMS {ABESS_RMS:g})", "peer", _abess(True)),
         Entry("omp", "scikit-learn OMP", "peer", _omp),
@@ -171,6 +172,7 @@ OURS_KEYS = {
     "r-iobs",
     "r-iobs-topk",
     "r-topk-iobs",
+    "auto",
 }
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from iobs.loop import plot_history, run_iobs
+from iobs.loop import history_figure, run_iobs
 from iobs.prune.dense_step import classification_loss, dense_step
 from iobs.prune.layers import find_layers, get_weight
 from iobs.prune.solve import LayerSolver
 from iobs.prune.walk import prune_module
+from iobs.utils import save_figure
 
 SPARSITY = 0.7
 
@@ -113,7 +114,7 @@ def test_loop_improves_and_keeps_exact_sparsity(trained, digits, tmp_path):
     assert restored == pytest.approx(losses[res.best], rel=1e-6)
     for W in _weights(model).values():
         assert int((W == 0).sum()) >= int(SPARSITY * W.numel())
-    png = plot_history(res, tmp_path / "history.png")
+    png = save_figure(history_figure(res), tmp_path / "history.png")
     assert png.stat().st_size > 5000
 
 

@@ -45,18 +45,9 @@ def option(
     (e.g. None, so that the config can tell "not given" from a value); :func:`from_args` then leaves
     the field to its dataclass default. ``cli=False`` keeps a field off the command line.
     """
-    meta = {
-        "help": help,
-        "flag": flag,
-        "choices": tuple(choices) if choices is not None else None,
-        "parse": parse,
-        "metavar": metavar,
-        "group": group,
-        "exclusive": exclusive,
-        "positional": positional,
-        "cli": cli,
-        "cli_default": cli_default,
-    }
+    meta = dict(help=help, flag=flag, choices=tuple(choices) if choices is not None else None, parse=parse)
+    meta |= dict(metavar=metavar, group=group, exclusive=exclusive, positional=positional, cli=cli)
+    meta["cli_default"] = cli_default
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata={_KEY: meta})
     return dataclasses.field(default=default, metadata={_KEY: meta})

@@ -17,7 +17,6 @@ calibration batches and dense-step seeds depend only on t.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from iobs.utils import atomic_write_bytes, atomic_write_json
+from iobs.utils import atomic_write_json, subplots
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,8 @@ class LoopResult:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {
-            "history": self.history,
-            "best_iteration": self.best,
-            "select": self.select,
-            "stopped": self.stopped,
-            **self.extra,
-        }
+        out = {"history": self.history, "best_iteration": self.best, "select": self.select}
+        return out | {"stopped": self.stopped, **self.extra}
 
 
 def _save_state(model: nn.Module, path: Path) -> None:
@@ -219,23 +213,13 @@ def run_iobs(
     return LoopResult(history=tracker.history, best=tracker.best, select=select, stopped=stopped)
 
 
-def plot_history(
-    result: LoopResult,
-    path: str | os.PathLike,
-    metrics: list[str] | None = None,
-    title: str = "I-OBS iterations",
-) -> Path:
+def history_figure(result: LoopResult, metrics: list[str] | None = None, title: str = "I-OBS iterations"):
     """One panel per metric against iteration; dense as a dashed line, the best iteration starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     its = [h for h in result.history if h["iteration"] >= 1]
     dense = next((h for h in result.history if h["iteration"] == 0), None)
     best = next((h for h in its if h["iteration"] == result.best), None)
     metrics = metrics or (list(its[0]["metrics"]) if its else [])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         xs = [h["iteration"] for h in its]
         ax.plot(xs, [h["metrics"].get(m) for h in its], "o-", label="I-OBS")
@@ -251,7 +235,4 @@ def plot_history(
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return fig

@@ -20,6 +20,28 @@ DTYPES = {
 }
 
 
+def subplots(*args, **kwargs):
+    """``plt.subplots`` on the file-only Agg backend: ``(figure, axes)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: float | str = 110, bbox: str | None = None) -> Path:
+    """``fig`` as a PNG written atomically to ``path`` (``dpi="figure"``: the figure's own), then closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/"auto" picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device is None or str(device) == "auto":

@@ -140,7 +140,10 @@ def test_multiclass_is_refused_but_one_vs_rest_works():
         ({"damping": float("nan")}, ValueError, "damping"),
         ({"fit_intercept": "yes"}, TypeError, "fit_intercept"),
         ({"solver_options": ["greedy"]}, TypeError, "solver_options"),
-        ({"solver_options": {"support": "bogus"}}, ValueError, "support"),
+        ({"solver": "iobs", "solver_options": {"support": "bogus"}}, ValueError, "support"),
+        ({"solver_options": {"support": "greedy"}}, TypeError, "auto got unexpected options"),
+        ({"solver_options": {"stop": "never"}}, ValueError, "stop must be one of"),
+        ({"solver_options": {"schedules": [("lasso", {})]}}, ValueError, "schedules"),
     ],
 )
 @pytest.mark.parametrize("cls", [IOBSRegressor, IOBSClassifier])

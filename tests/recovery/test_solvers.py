@@ -290,7 +290,9 @@ def test_solve_uses_each_solvers_own_max_iter_default():
     """solve(max_iter=None) runs a solver with its registered default (restricted forms: 200), the same as
     calling the solver directly; unknown options are a TypeError naming them."""
     assert SOLVERS["restricted-iobs"].max_iter == 200 and SOLVERS["restricted-topk-iobs"].max_iter == 200
-    assert all(SOLVERS[name].max_iter == 100 for name in ALL if not name.startswith("restricted"))
+    others = [name for name in ALL if not name.startswith("restricted") and name != "auto"]
+    assert all(SOLVERS[name].max_iter == 100 for name in others)
+    assert SOLVERS["auto"].max_iter is None  # auto: every schedule runs with its own default
     obj, _ = gaussian_problem(20, 40, 4, seed=5)
     for name in ALL:
         direct, via = SOLVERS[name](obj, 4, tol=0.0), solve(obj, 4, name, tol=0.0)

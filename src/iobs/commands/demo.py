@@ -11,7 +11,6 @@ finishes in minutes on 2 CPU cores; ``benchmarks/llm_quality.py`` runs the full 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -195,24 +194,21 @@ def _target_label(target: str) -> str:
 
 
 def write_outputs(results: dict, out: Path) -> None:
-    from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from iobs.utils import atomic_write_json, atomic_write_text, save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", format_table(results))
-    atomic_write_bytes(out / "demo.png", _chart(results))
+    save_figure(_chart(results), out / "demo.png", dpi="figure")
 
 
-def _chart(results: dict) -> bytes:
+def _chart(results: dict):
     """Grouped bars: perplexity per method and corpus (log scale), values written on the bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from iobs.utils import subplots
 
     corpora = list(results["eval"])
     rows = results["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, ax = subplots(figsize=(7, 4), dpi=120)
     width = 0.8 / len(corpora)
     for j, c in enumerate(corpora):
         xs = [i + (j - (len(corpora) - 1) / 2) * width for i in range(len(rows))]
@@ -239,10 +235,7 @@ def _chart(results: dict) -> bytes:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def run(args) -> int:

@@ -11,18 +11,14 @@ TARGETS = {
     "table2": "iobs.reproduce.table2",
     "figure2": "iobs.reproduce.figure2",
     "table5": "iobs.reproduce.table5",
+    "convergence": "iobs.reproduce.convergence",
 }
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
     for name, modname in TARGETS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:
-                continue
-            raise
+        mod = importlib.import_module(modname)
         summary = (mod.__doc__ or "").strip().splitlines()[0].replace("%", "%%") if mod.__doc__ else None
         p = sub.add_parser(name, help=summary, description=summary)
         mod.add_arguments(p)

@@ -197,7 +197,9 @@ def _save(model, tokenizer, config: PruneConfig, out: Path, report: dict, loop) 
     """The checkpoint with report.json; for I-OBS also history.json and history.png."""
     save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
     if loop is not None:
-        from iobs.loop import plot_history
+        from iobs.loop import history_figure
+        from iobs.utils import save_figure
 
         atomic_write_json(Path(out) / "history.json", loop.to_dict())
-        plot_history(loop, Path(out) / "history.png", title=f"I-OBS on {config.model} ({config.target})")
+        title = f"I-OBS on {config.model} ({config.target})"
+        save_figure(history_figure(loop, title=title), Path(out) / "history.png")

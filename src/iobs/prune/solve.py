@@ -34,19 +34,10 @@ class LayerSolver:
     def __call__(self, W: torch.Tensor, H: torch.Tensor, name: str):
         from iobs.obs.layer import prune_layer
 
-        return prune_layer(
-            W,
-            H,
-            self.method,
-            self.sparsity,
-            self.pattern,
-            name=name,
-            per_row=self.per_row,
-            blocksize=self.blocksize,
-            percdamp=self.percdamp,
-            refit=self.refit,
-            search={"warm": self.warm} if self.method == "mask-search" else None,
-        )
+        kw = dict(per_row=self.per_row, blocksize=self.blocksize, percdamp=self.percdamp, refit=self.refit)
+        if self.method == "mask-search":
+            kw["search"] = {"warm": self.warm}
+        return prune_layer(W, H, self.method, self.sparsity, self.pattern, name=name, **kw)
 
 
 DEFAULT_SOLVER = LayerSolver()  # SparseGPT at 50 %

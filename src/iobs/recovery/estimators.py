@@ -62,6 +62,27 @@ def _check_params(est, n_features: int) -> int:
     return int(k)
 
 
+def _warn_degenerate(X: np.ndarray, k: int, centred: bool) -> None:
+    """Warn (naming the parameter) about constant columns and k >= n_samples."""
+    n = X.shape[0]
+    const = np.flatnonzero(np.ptp(X, axis=0) == 0) if centred else np.flatnonzero(~X.any(axis=0))
+    if n > 1 and const.size:
+        what = "constant (all-zero after centring)" if centred else "all-zero"
+        warnings.warn(
+            f"X has {const.size} {what} column(s) {const[:10].tolist()}: they carry no signal and get "
+            "coefficient 0; drop them (e.g. sklearn.feature_selection.VarianceThreshold)",
+            UserWarning,
+            stacklevel=3,
+        )
+    if n > 1 and k >= n:
+        warnings.warn(
+            f"n_nonzero_coefs={k} >= n_samples={n}: a {k}-sparse fit can interpolate y, so the support "
+            "is not identifiable (exact recovery needs n_samples > 2*n_nonzero_coefs); lower n_nonzero_coefs",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _nonneg(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
@@ -106,7 +127,7 @@ class _SparseEstimator(BaseEstimator):
     def __init__(
         self,
         n_nonzero_coefs=None,
-        solver="iobs",
+        solver="auto",
         max_iter=100,
         tol=None,
         damping=None,
@@ -132,6 +153,8 @@ class _SparseEstimator(BaseEstimator):
         self.converged_ = bool(res.converged)
         self.damping_ = res.damping
         self.history_ = res.history
+        self.solver_chosen_ = res.chosen
+        self.solver_runs_ = res.runs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -147,8 +170,10 @@ class IOBSRegressor(RegressorMixin, _SparseEstimator):
     n_nonzero_coefs : int or None
         k, the number of kept coefficients (None: 10 % of the features, at least 1, like OMP).
     solver : str
-        Any name of :data:`iobs.recovery.solvers.SOLVERS` ("iobs", "topk-iobs", "kiht", "htp",
-        "restricted-iobs", "restricted-topk-iobs", "stochastic-iobs", "cosamp", "subspace-pursuit").
+        Any name of :data:`iobs.recovery.solvers.SOLVERS`: "auto" (default: the portfolio of
+        :mod:`iobs.recovery.auto`, global Newton forms for n ≥ d, restricted forms with several
+        working-set schedules for n < d, lowest objective kept), "iobs", "topk-iobs", "kiht", "htp",
+        "restricted-iobs", "restricted-topk-iobs", "stochastic-iobs", "cosamp", "subspace-pursuit".
     max_iter, tol : stopping rules of the solver (tol=None: the solver's default).
     damping : λ added to the Hessian (None: the solver's default); the value used is in ``damping_``.
     fit_intercept : centre X and y and fit an unpenalised intercept outside the k coefficients.
@@ -158,13 +183,21 @@ class IOBSRegressor(RegressorMixin, _SparseEstimator):
 
     Attributes
     ----------
-    coef_ (n_features,), intercept_ (float), n_iter_, converged_, support_ (bool mask), damping_,
-    history_ (the solver's per-iteration records), n_features_in_.
+    coef_ (n_features,), intercept_ (float), n_iter_ (auto: summed over its runs), converged_,
+    support_ (bool mask), damping_, history_ (the (chosen) solver's per-iteration records),
+    solver_chosen_ (the schedule whose fit is kept, e.g. "restricted-iobs(select=gradient, expand=5)"),
+    solver_runs_ (auto: one dict per schedule run: label, objective, n_iter, converged, time),
+    n_features_in_.
+
+    Warnings (``UserWarning``, the fit goes on): a constant column of X (all-zero after centring) is
+    named and can only get coefficient 0; ``n_nonzero_coefs >= n_samples`` (the k-sparse fit can
+    interpolate y, so the support is not identifiable). NaN/Inf in X or y is an error.
     """
 
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         k = _check_params(self, X.shape[1])
+        _warn_degenerate(X, k, bool(self.fit_intercept))
         if self.fit_intercept:
             x_mean, y_mean = X.mean(axis=0), float(y.mean())
         else:
@@ -254,13 +287,14 @@ class IOBSClassifier(ClassifierMixin, _SparseEstimator):
     for more classes wrap it in ``sklearn.multiclass.OneVsRestClassifier``.
 
     Attributes: classes_ (2,), coef_ (1, n_features), intercept_ (1,), n_iter_, converged_,
-    support_, damping_, history_, n_features_in_.
+    support_, damping_, history_, solver_chosen_, solver_runs_, n_features_in_ (as IOBSRegressor,
+    with the same warnings for constant columns and n_nonzero_coefs >= n_samples).
     """
 
     def __init__(
         self,
         n_nonzero_coefs=None,
-        solver="iobs",
+        solver="auto",
         max_iter=100,
         tol=None,
         damping=None,
@@ -289,6 +323,7 @@ class IOBSClassifier(ClassifierMixin, _SparseEstimator):
         k = _check_params(self, X.shape[1])
         if not _nonneg(self.alpha):
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        _warn_degenerate(X, k, bool(self.fit_intercept))
         dev = _device(self.device)
         A = torch.tensor(X, dtype=torch.float64, device=dev)  # a copy: X may be read-only
         t = torch.as_tensor(y == self.classes_[1], dtype=torch.float64, device=dev)

@@ -15,6 +15,10 @@ class RecoveryResult:
     ``distance`` ‖θ_t − θ*‖ (None without θ*), ``rel_distance`` ‖θ_t − θ*‖/‖θ*‖ (None without θ* or
     when θ* = 0), ``support_changes`` |supp θ_t Δ supp θ_{t−1}| and ``time`` (seconds since the start).
     ``damping`` is the λ actually added to the Hessian (0.0 when none was needed or used).
+    ``solver="auto"`` fills ``chosen`` (the schedule whose θ is returned, e.g.
+    ``"restricted-iobs(select=gradient, expand=20)"``) and ``runs`` (one dict per schedule it ran:
+    ``label``, ``objective``, ``n_iter``, ``converged``, ``time``); its ``n_iter`` is their total and
+    ``history`` that of the chosen run. Other solvers leave ``chosen`` = ``solver`` and ``runs`` empty.
     """
 
     theta: torch.Tensor
@@ -25,6 +29,11 @@ class RecoveryResult:
     damping: float = 0.0
     solver: str = ""
     options: dict = field(default_factory=dict)
+    chosen: str = ""
+    runs: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.chosen = self.chosen or self.solver
 
     @property
     def objective(self) -> float:

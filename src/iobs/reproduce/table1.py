@@ -4,8 +4,8 @@ The paper prunes DeiT-Tiny/Small/Base on ImageNet (q, k, v, proj, fc1, fc2 at 50
 By default the project's own ViT (transformers ``ViTForImageClassification``, 28×28 Fashion-MNIST, cached) is
 pruned; with ``--model`` (a ``save_pretrained`` folder or a hub id) and ``--images`` (root/<class>/<image>)
 any ViT / DeiT-style Hugging Face classifier is pruned on its own images (:mod:`iobs.vision.hf`). Layers are
-pruned one by one with SparseGPT (:func:`iobs.prune.sequential.prune_module`) inside the I-OBS outer loop
-(:func:`iobs.prune.outer_loop.run_iobs`): every iteration draws fresh calibration images, takes a dense step
+pruned one by one with SparseGPT (:func:`iobs.prune.walk.prune_module`) inside the I-OBS outer loop
+(:func:`iobs.loop.run_iobs`): every iteration draws fresh calibration images, takes a dense step
 (default: the layer-wise preconditioned Newton step) and re-projects. The dense model is row 0; the iteration
 with the best validation accuracy is starred (selection never looks at the test images). Target: the
 selected iteration beats iteration 1 on test top-1.
@@ -15,88 +15,86 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from iobs.utils import atomic_write_json, atomic_write_text, environment, markdown_table
+from iobs.config import add_arguments as add_config_arguments
+from iobs.config import csv_list, from_args, option, to_dict
+from iobs.prune.dense_step import DENSE_STEPS
+from iobs.reproduce.output import history_plot, run_target
+from iobs.utils import markdown_table
 
 
-def _patterns(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
+@dataclass
+class Table1Config:
+    """One Table 1 run (recorded in report.json); ``--quick`` caps the iterations at 5."""
+
+    sparsity: float = option(0.5, "uniform sparsity of every pruned layer")
+    iterations: int = option(10, "I-OBS iterations (1 = SparseGPT)")
+    nsamples: int = option(1000, "calibration images per iteration")
+    batch_size: int = option(128, "calibration batch size")
+    dense_step: str = option("newton", choices=DENSE_STEPS)
+    lr: float = option(0.03, "dense-step learning rate")
+    damping: float = option(0.01, "Newton dense-step damping")
+    ft_epochs: int = option(1, "fine-tuning dense step: passes over the batch")
+    include: list[str] | None = option(None, "layers to prune: globs or re:REGEX", parse=csv_list)
+    exclude: list[str] | None = option(None, "layers to keep dense: globs or re:REGEX", parse=csv_list)
+    val_size: int = option(
+        5000, "validation images used for selection (reference: the last N held out; --images: at most N)"
+    )
+    test_limit: int | None = option(
+        None,
+        "evaluate on N test images only (reference: the first N; --images: a seeded random N)",
+        parse=int,
+    )
+    train_limit: int | None = option(None, "train the reference ViT on N images", parse=int)
+    epochs: int | None = option(None, "override the reference training epochs", parse=int)
+    dataset: str | None = option(None, "fashion-mnist (default) or mnist")
+    cache_dir: str | None = option(None, "reference weights cache (default $IOBS_CACHE/vision)")
+    model: str | None = option(None, "Hugging Face image classifier: save_pretrained folder or hub id")
+    images: str | None = option(None, "image folder root/<class>/<image> (with --model)")
+    val_fraction: float = option(0.2, "--images: share per class for validation")
+    test_fraction: float = option(0.4, "--images: share per class for test")
+    seed: int = option(0)
+    device: str = option("auto")
+    quick: bool = option(False, "at most 5 iterations (about half the time)")
+    out: str = option("runs/table1", "output folder")
+
+    def __post_init__(self):
+        from iobs._validate import check_sparsity
+
+        self.sparsity = check_sparsity(self.sparsity, "--sparsity")
+        if self.quick:
+            # fewer iterations only: 2000-image val / test sets cannot resolve 0.1-0.4 point gains
+            self.iterations = min(self.iterations, 5)
+        for k in ("iterations", "nsamples", "batch_size", "val_size", "ft_epochs"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
+        if self.images is not None and self.model is None:
+            raise ValueError("--images needs --model (a Hugging Face image classifier folder or hub id)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sparsity", type=float, default=0.5, help="uniform sparsity of every pruned layer")
-    p.add_argument("--iterations", type=int, default=10, help="I-OBS iterations (1 = SparseGPT)")
-    p.add_argument("--nsamples", type=int, default=1000, help="calibration images per iteration")
-    p.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
-    p.add_argument("--dense-step", default="newton", choices=("newton", "finetune", "none"))
-    p.add_argument("--lr", type=float, default=0.03, help="dense-step learning rate")
-    p.add_argument("--damping", type=float, default=0.01, help="Newton dense-step damping")
-    p.add_argument("--ft-epochs", type=int, default=1, help="fine-tuning dense step: passes over the batch")
-    p.add_argument("--include", type=_patterns, default=None, help="layers to prune: globs or re:REGEX")
-    p.add_argument("--exclude", type=_patterns, default=None, help="layers to keep dense: globs or re:REGEX")
-    p.add_argument(
-        "--val-size",
-        type=int,
-        default=5000,
-        help="validation images used for selection (reference: the last N held out; --images: at most N)",
-    )
-    p.add_argument(
-        "--test-limit",
-        type=int,
-        default=None,
-        help="evaluate on N test images only (reference: the first N; --images: a seeded random N)",
-    )
-    p.add_argument("--train-limit", type=int, default=None, help="train the reference ViT on N images")
-    p.add_argument("--epochs", type=int, default=None, help="override the reference training epochs")
-    p.add_argument("--dataset", default=None, help="fashion-mnist (default) or mnist")
-    p.add_argument("--cache-dir", default=None, help="reference weights cache (default $IOBS_CACHE/vision)")
-    p.add_argument(
-        "--model", default=None, help="Hugging Face image classifier: save_pretrained folder or hub id"
-    )
-    p.add_argument("--images", default=None, help="image folder root/<class>/<image> (with --model)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="--images: share per class for validation")
-    p.add_argument("--test-fraction", type=float, default=0.4, help="--images: share per class for test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="at most 5 iterations (about half the time)")
-    p.add_argument("--out", default="runs/table1", help="output folder")
+    add_config_arguments(p, Table1Config)
 
 
-def _reference_source(args, dev) -> dict:
+def _reference_source(cfg: Table1Config, dev) -> dict:
     """The packaged ViT, its training images (calibration pool), held-out validation and test images."""
-    from dataclasses import replace
-
-    from iobs.vision.data import load_split
+    from iobs.reproduce.reference import reference_splits
     from iobs.vision.models import VIT_PRUNABLE
-    from iobs.vision.train import RECIPES, reference_model
 
-    recipe = RECIPES["vit"]
-    for k, v in (("train_limit", args.train_limit), ("epochs", args.epochs), ("dataset", args.dataset)):
-        if v:
-            recipe = replace(recipe, **{k: v})
-    if args.val_size > recipe.val_size:
-        raise ValueError(
-            f"--val-size must be in [1, {recipe.val_size}] (the reference's held-out images), "
-            f"got {args.val_size}"
-        )
-    model, info = reference_model("vit", recipe, cache_dir=args.cache_dir, device=dev)
-    train = load_split(recipe.dataset, "train", val_size=recipe.val_size)
-    val = load_split(recipe.dataset, "val", val_size=recipe.val_size)
-    val = val.subset(slice(len(val) - args.val_size, None))  # the last N held-out images
-    test = load_split(recipe.dataset, "test", limit=args.test_limit)
-    if args.nsamples > len(train):
-        raise ValueError(f"--nsamples {args.nsamples} exceeds the {len(train)} training images")
+    model, info, dataset, train, val, test = reference_splits("vit", cfg, dev, dataset=cfg.dataset)
+    if cfg.nsamples > len(train):
+        raise ValueError(f"--nsamples {cfg.nsamples} exceeds the {len(train)} training images")
 
     def images(idx):
         return train.X[idx], train.y[idx]
 
     return {
         "name": "vit",
-        "title": f"ViT ({recipe.dataset})",
+        "title": f"ViT ({dataset})",
         "model": model,
         "pool": len(train),
         "images": images,
@@ -116,38 +114,38 @@ def _sample(part, n: int, seed: int):
     return part.subset(sorted(idx.tolist()))
 
 
-def _hf_source(args, dev) -> dict:
+def _hf_source(cfg: Table1Config, dev) -> dict:
     """A Hugging Face classifier (``--model``) and an image folder (``--images``) split per class."""
     from iobs.vision.data import check_labels
     from iobs.vision.hf import PRUNABLE, load_classifier, pixel_values, read_image_folder, split_image_folder
 
-    if args.images is None:
+    if cfg.images is None:
         raise ValueError("--model needs --images: a folder root/<class>/<image> to calibrate and evaluate on")
-    model, processor = load_classifier(args.model, device=dev)
-    cfg = model.config
-    folder = read_image_folder(args.images, getattr(cfg, "label2id", None), cfg.num_labels)
-    calib, val, test = split_image_folder(folder, args.val_fraction, args.test_fraction, args.seed)
+    model, processor = load_classifier(cfg.model, device=dev)
+    mc = model.config
+    folder = read_image_folder(cfg.images, getattr(mc, "label2id", None), mc.num_labels)
+    calib, val, test = split_image_folder(folder, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     # the per-class split is ordered by class: caps take a seeded random subset, not the first classes
-    val = _sample(val, args.val_size, args.seed)
-    if args.test_limit:
-        test = _sample(test, args.test_limit, args.seed + 1)
-    if args.nsamples > len(calib):
+    val = _sample(val, cfg.val_size, cfg.seed)
+    if cfg.test_limit:
+        test = _sample(test, cfg.test_limit, cfg.seed + 1)
+    if cfg.nsamples > len(calib):
         raise ValueError(
-            f"--nsamples {args.nsamples} exceeds the {len(calib)} calibration images of --images "
+            f"--nsamples {cfg.nsamples} exceeds the {len(calib)} calibration images of --images "
             f"({len(folder)} images minus the validation and test shares)"
         )
-    channels = getattr(cfg, "num_channels", 3)
+    channels = getattr(mc, "num_channels", 3)
 
     def load(part):
-        return pixel_values(processor, part.files, channels), check_labels(part.labels, cfg.num_labels)
+        return pixel_values(processor, part.files, channels), check_labels(part.labels, mc.num_labels)
 
     def images(idx):
         part = calib.subset(idx.tolist())
         return load(part)
 
     return {
-        "name": str(args.model),
-        "title": f"{args.model} ({len(folder)} images, {len(folder.names)} classes)",
+        "name": str(cfg.model),
+        "title": f"{cfg.model} ({len(folder)} images, {len(folder.names)} classes)",
         "model": model,
         "pool": len(calib),
         "images": images,
@@ -155,169 +153,150 @@ def _hf_source(args, dev) -> dict:
         "test": load(test),
         "include": list(PRUNABLE),
         "info": {
-            "model": str(args.model),
-            "images": str(args.images),
+            "model": str(cfg.model),
+            "images": str(cfg.images),
             "label_mapping": folder.mapping,
             "split": {"calibration": len(calib), "validation": len(val), "test": len(test)},
         },
-        "dense_note": f"{args.model}",
+        "dense_note": f"{cfg.model}",
     }
 
 
-def run(args) -> int:
-    from iobs._validate import check_sparsity
-    from iobs.prune.dense_step import classification_loss, dense_step
-    from iobs.prune.layers import find_layers, get_weight
-    from iobs.prune.outer_loop import plot_history, run_iobs
-    from iobs.prune.sequential import prune_module
-    from iobs.utils import resolve_device
-    from iobs.vision.models import accuracy
+def _layers(model, include, exclude) -> dict:
+    """The Linear / Conv2d layers to prune (at least one)."""
+    from iobs.prune.layers import find_layers
 
-    sparsity = check_sparsity(args.sparsity, "--sparsity")
-    if args.quick:
-        # fewer iterations only: 2000-image val / test sets cannot resolve the 0.1-0.4 point gains measured
-        args.iterations = min(args.iterations, 5)
-    for k in ("iterations", "nsamples", "batch_size", "val_size", "ft_epochs"):
-        if getattr(args, k) < 1:
-            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    if args.images is not None and args.model is None:
-        raise ValueError("--images needs --model (a Hugging Face image classifier folder or hub id)")
-    dev = resolve_device(args.device)
-    t0 = time.perf_counter()
-    src = _hf_source(args, dev) if args.model is not None else _reference_source(args, dev)
-    model = src["model"]
-    include = args.include or src["include"]
     try:
-        layers = find_layers(model, include, args.exclude)
+        layers = find_layers(model, include, exclude)
     except ValueError as e:
         raise ValueError(f"--include/--exclude: {e}") from e
     if not layers:
         raise ValueError(
-            f"no prunable layer left after --include {include} and --exclude {args.exclude}: at least one "
+            f"no prunable layer left after --include {include} and --exclude {exclude}: at least one "
             "Linear / Conv2d layer must be selected"
         )
+    return layers
+
+
+def _layer_sparsity(model, include, exclude) -> dict[str, float]:
+    from iobs.prune.layers import get_weight
+
+    layers = _layers(model, include, exclude)
+    return {n: float((get_weight(m) == 0).sum()) / get_weight(m).numel() for n, m in layers.items()}
+
+
+def _iobs(model, cfg: Table1Config, src: dict, include, dev):
+    """I-OBS on ``model`` in place: iteration t draws ``nsamples`` fresh images (seed·1000 + t), takes the
+    dense step and re-prunes every layer with SparseGPT; the best iteration by validation top-1 is kept."""
+    from iobs.loop import run_iobs
+    from iobs.prune.dense_step import classification_loss, dense_step
+    from iobs.prune.solve import LayerSolver
+    from iobs.prune.walk import prune_module
+    from iobs.vision.models import accuracy
+
     (vX, vy), (tX, ty) = src["val"], src["test"]
+    step_kw = {"lr": cfg.lr}
+    if cfg.dense_step == "newton":
+        step_kw.update(damping=cfg.damping, include=include, exclude=cfg.exclude)
+    elif cfg.dense_step == "finetune":
+        step_kw["epochs"] = cfg.ft_epochs
 
     def calibration(t: int):
-        gen = torch.Generator().manual_seed(args.seed * 1000 + t)
-        idx = torch.randperm(src["pool"], generator=gen)[: args.nsamples]
-        X, y = src["images"](idx)
-        return [
-            (X[i : i + args.batch_size].to(dev), y[i : i + args.batch_size].to(dev))
-            for i in range(0, len(idx), args.batch_size)
-        ]
+        idx = torch.randperm(src["pool"], generator=torch.Generator().manual_seed(cfg.seed * 1000 + t))
+        X, y = src["images"](idx[: cfg.nsamples])
+        b = cfg.batch_size
+        return [(X[i : i + b].to(dev), y[i : i + b].to(dev)) for i in range(0, len(X), b)]
 
-    def project(m, batches):
-        return prune_module(
-            m,
-            [b[0] for b in batches],
-            "sparsegpt",
-            sparsity,
-            include=include,
-            exclude=args.exclude,
-            progress=False,
-        )
+    def project(m, batches, t):
+        X, solver = [b[0] for b in batches], LayerSolver("sparsegpt", cfg.sparsity)
+        return prune_module(m, X, solver, include=include, exclude=cfg.exclude, progress=False)
+
+    def step(m, batches, t):
+        extra = {"seed": t} if cfg.dense_step == "finetune" else {}
+        return dense_step(cfg.dense_step, m, batches, classification_loss, **step_kw, **extra)
 
     def evaluate(m):
         return {"val_accuracy": accuracy(m, vX, vy), "accuracy": accuracy(m, tX, ty)}
 
-    step_kw = {"lr": args.lr}
-    if args.dense_step == "newton":
-        step_kw.update(damping=args.damping, include=include, exclude=args.exclude)
-    elif args.dense_step == "finetune":
-        step_kw["epochs"] = args.ft_epochs
-
-    def step(m, batches, t):
-        extra = {"seed": t} if args.dense_step == "finetune" else {}
-        return dense_step(args.dense_step, m, batches, classification_loss, **step_kw, **extra)
-
     def show(entry):
-        met = entry["metrics"]
-        print(
-            f"[{src['name']}] {entry.get('label', entry['iteration'])}: "
-            f"test top-1 {100 * met['accuracy']:.2f}  "
-            f"val {100 * met['val_accuracy']:.2f}",
-            flush=True,
-        )
+        met, label = entry["metrics"], entry.get("label", entry["iteration"])
+        top1 = f"test top-1 {100 * met['accuracy']:.2f}  val {100 * met['val_accuracy']:.2f}"
+        print(f"[{src['name']}] {label}: {top1}", flush=True)
 
-    pruned = copy.deepcopy(model)
-    res = run_iobs(
-        pruned,
-        iterations=args.iterations,
-        calibration=calibration,
-        project=project,
-        dense_step=step,
-        evaluate=evaluate,
-        select="val_accuracy",
-        mode="max",
-        on_iteration=show,
-    )
-    pruned_layers = find_layers(pruned, include, args.exclude)
-    layer_sparsity = {
-        n: float((get_weight(m) == 0).sum()) / get_weight(m).numel() for n, m in pruned_layers.items()
-    }
+    kw = dict(calibration=calibration, project=project, dense_step=step, evaluate=evaluate, on_iteration=show)
+    return run_iobs(model, iterations=cfg.iterations, select="val_accuracy", mode="max", **kw)
+
+
+def experiment(cfg: Table1Config) -> dict:
+    """The dense row and one record per I-OBS iteration, the loop, the pruned layers' sparsities."""
+    from iobs.utils import resolve_device
+
+    dev = resolve_device(cfg.device)
+    src = _hf_source(cfg, dev) if cfg.model is not None else _reference_source(cfg, dev)
+    include = cfg.include or src["include"]
+    _layers(src["model"], include, cfg.exclude)
+    pruned = copy.deepcopy(src["model"])
+    res = _iobs(pruned, cfg, src, include, dev)
     records = []
     for h in res.history:
-        it = h["iteration"]
-        records.append(
-            {
-                "model": src["name"],
-                "method": "dense" if it == 0 else "iobs",
-                "sparsity": 0.0 if it == 0 else sparsity,
-                "iteration": None if it == 0 else it,
-                "accuracy": h["metrics"]["accuracy"],
-                "val_accuracy": h["metrics"]["val_accuracy"],
-                "selected": it == res.best,
-            }
-        )
+        t, met = h["iteration"], h["metrics"]
+        rec = {"model": src["name"], "method": "iobs", "sparsity": cfg.sparsity, "iteration": t}
+        rec |= {"method": "dense", "sparsity": 0.0, "iteration": None} if t == 0 else {}
+        rec |= {"accuracy": met["accuracy"], "val_accuracy": met["val_accuracy"], "selected": t == res.best}
+        records.append(rec)
+    out = {k: src[k] for k in ("name", "title", "info", "dense_note")} | {"records": records}
+    out |= {"loop": res.to_dict(), "layer_sparsity": _layer_sparsity(pruned, include, cfg.exclude)}
+    return out | {"n_val": len(src["val"][1]), "n_test": len(src["test"][1])}
+
+
+def _row_name(iteration: int | None) -> str:
+    if iteration is None:
+        return "dense"
+    return "SparseGPT = I-OBS(1)" if iteration == 1 else f"I-OBS({iteration})"
+
+
+def _step_text(cfg: Table1Config) -> str:
+    text = f"dense step {cfg.dense_step}"
+    if cfg.dense_step == "newton":
+        return text + f" (lr {cfg.lr:g}, damping {cfg.damping:g})"
+    if cfg.dense_step == "finetune":
+        return text + f" (lr {cfg.lr:g}, {cfg.ft_epochs} epoch(s))"
+    return text
+
+
+def render(result: dict, cfg: Table1Config, seconds: float, env: dict) -> dict:
+    """results.json (the records), table.md (with the target verdict), table1.png, report.json."""
+    records, best = result["records"], result["loop"]["best_iteration"]
     acc = {r["iteration"]: 100 * r["accuracy"] for r in records}
     rows = [
         {
-            "row": "dense"
-            if r["iteration"] is None
-            else ("SparseGPT = I-OBS(1)" if r["iteration"] == 1 else f"I-OBS({r['iteration']})"),
+            "row": _row_name(r["iteration"]),
             "test top-1": 100 * r["accuracy"],
             "val top-1": 100 * r["val_accuracy"],
-            "best": "*" if r["selected"] else "",
         }
+        | {"best": "*" if r["selected"] else ""}
         for r in records
     ]
-    ok = acc[res.best] > acc[1]
-    step_desc = f"dense step {args.dense_step}"
-    if args.dense_step != "none":
-        step_desc += f" (lr {args.lr:g}" + (
-            f", damping {args.damping:g})" if args.dense_step == "newton" else f", {args.ft_epochs} epoch(s))"
-        )
-    out = Path(args.out)
+    s = f"{100 * cfg.sparsity:g}%"
     md = (
-        f"# Table 1 analog: {src['title']}, {100 * sparsity:g}% uniform sparsity on attention "
-        "and MLP Linear layers\n\n"
-        f"Dense test top-1 {acc[None]:.2f}% ({src['dense_note']}). {len(pruned_layers)} pruned layers, "
-        f"{args.nsamples} calibration images per iteration, {step_desc}; best iteration (*) chosen on "
-        f"validation ({len(vy)} images), test on {len(ty)} images.\n\n"
+        f"# Table 1 analog: {result['title']}, {s} uniform sparsity on attention and MLP Linear layers\n\n"
+        f"Dense test top-1 {acc[None]:.2f}% ({result['dense_note']}). {len(result['layer_sparsity'])} pruned "
+        f"layers, {cfg.nsamples} calibration images per iteration, {_step_text(cfg)}; best iteration (*) "
+        f"chosen on validation ({result['n_val']} images), test on {result['n_test']} images.\n\n"
         + markdown_table(rows, floatfmt=".2f")
-        + f"\nTarget (best iteration {res.best} beats iteration 1 on test top-1: {acc[res.best]:.2f} vs "
-        f"{acc[1]:.2f}): {'PASS' if ok else 'MISS'}\n"
+        + f"\nTarget (best iteration {best} beats iteration 1 on test top-1: {acc[best]:.2f} vs "
+        f"{acc[1]:.2f}): {'PASS' if acc[best] > acc[1] else 'MISS'}\n"
     )
-    atomic_write_json(out / "results.json", records)
-    atomic_write_text(out / "table.md", md)
-    plot_history(
-        res,
-        out / "table1.png",
-        metrics=["accuracy", "val_accuracy"],
-        title=f"{src['name']}: top-1 per I-OBS iteration ({100 * sparsity:g}% sparsity)",
-    )
-    atomic_write_json(
-        out / "report.json",
-        {
-            "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-            "reference": src["info"],
-            "loop": res.to_dict(),
-            "layer_sparsity": layer_sparsity,
-            "seconds": time.perf_counter() - t0,
-            "environment": environment(),
-        },
-    )
-    print(md)
-    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'table1.png'}")
+    title = f"{result['name']}: top-1 per I-OBS iteration ({s} sparsity)"
+    report = {"config": to_dict(cfg), "reference": result["info"], "loop": result["loop"]}
+    report |= {"layer_sparsity": result["layer_sparsity"], "seconds": seconds, "environment": env}
+    plot = history_plot(result["loop"], ["accuracy", "val_accuracy"], title)
+    return {"results.json": records, "table.md": md, "table1.png": plot, "report.json": report}
+
+
+def run(args) -> int:
+    cfg = from_args(Table1Config, args)
+    files = run_target(cfg, experiment, render)
+    print(files["table.md"])
+    print(f"wrote {', '.join(str(Path(cfg.out) / name) for name in list(files)[:3])}")
     return 0

@@ -11,16 +11,19 @@ and skipped on a rerun, and each run resumes from its last finished iteration.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from iobs.utils import atomic_write_json, atomic_write_text, environment, markdown_table
-
-log = logging.getLogger(__name__)
+from iobs.config import add_arguments as add_config_arguments
+from iobs.config import from_args, option, to_dict
+from iobs.reproduce.output import history_plot, run_target
+from iobs.utils import atomic_write_json, markdown_table
 
 CORPORA = ("wiki-val", "wiki-test", "news")
 SELECT = "ppl:wiki-val"
@@ -44,103 +47,105 @@ def parse_setting(text: str) -> dict:
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="model name or path (default: smollm2-135m)")
-    p.add_argument("--patterns", default="0.5,2:4", help="comma list of sparsities and N:M patterns")
-    p.add_argument(
-        "--settings",
-        nargs="+",
-        default=list(DEFAULT_SETTINGS),
-        help="dense-step settings to try, e.g. finetune:lr=5e-5 newton:lr=0.01,damping=0.01",
-    )
-    p.add_argument("--iterations", type=int, default=3, help="I-OBS iterations per run (Figure 2: 8)")
-    p.add_argument("--nsamples", type=int, default=16, help="calibration windows per iteration")
-    p.add_argument("--seqlen", type=int, default=512, help="calibration and evaluation window length")
-    p.add_argument(
-        "--windows", type=int, default=24, help="evaluation windows per corpus (same in every row)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (minutes)")
-    p.add_argument("--out", default="runs/table2", help="output folder (reruns resume)")
-
-
 def _pattern_kwargs(p: str) -> dict:
     return {"sparsity": None, "pattern": p} if ":" in p else {"sparsity": float(p), "pattern": None}
 
 
-_DENSE: dict[str, dict] = {}  # dense-model history entry per evaluation setup (same in every run)
+@dataclass
+class Table2Config:
+    """One Table 2 run; ``--quick``: 2 windows of 128 tokens for calibration and evaluation, at most
+    ``QUICK_ITERATIONS`` iterations (these override explicit values)."""
+
+    QUICK_ITERATIONS: ClassVar[int] = 2
+
+    model: str = option("smollm2-135m", "model name or path (default: smollm2-135m)")
+    patterns: str = option("0.5,2:4", "comma list of sparsities and N:M patterns")
+    # --settings takes several values (nargs="+"), which iobs.config does not declare: added in add_arguments
+    settings: list[str] = option(default_factory=lambda: list(DEFAULT_SETTINGS), cli=False)
+    iterations: int = option(3, "I-OBS iterations per run (Figure 2: 8)")
+    nsamples: int = option(16, "calibration windows per iteration")
+    seqlen: int = option(512, "calibration and evaluation window length")
+    windows: int = option(24, "evaluation windows per corpus (same in every row)")
+    seed: int = option(0)
+    device: str = option("auto")
+    quick: bool = option(False, "tiny settings for a smoke run (minutes)")
+    out: str = option("runs/table2", "output folder (reruns resume)")
+
+    def __post_init__(self):
+        if self.quick:
+            self.nsamples, self.seqlen, self.windows = 2, 128, 2
+            self.iterations = min(self.iterations, self.QUICK_ITERATIONS)
+        for p in self.pattern_list():
+            _pattern_kwargs(p)  # validated by the walk; fail early on garbage like "half"
+
+    def pattern_list(self) -> list[str]:
+        return [p.strip() for p in self.patterns.split(",") if p.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser, cls: type[Table2Config] = Table2Config) -> None:
+    add_config_arguments(p, cls)
+    default = next(f for f in dataclasses.fields(cls) if f.name == "settings").default_factory()
+    text = "dense-step settings to try, e.g. finetune:lr=5e-5 newton:lr=0.01,damping=0.01"
+    p.add_argument("--settings", nargs="+", default=default, help=f"{text} (default {' '.join(default)})")
+
+
+def config_from_args(args, cls: type[Table2Config] = Table2Config) -> Table2Config:
+    return from_args(cls, args, settings=list(args.settings))
 
 
 def _report(name: str):
     def show(entry: dict) -> None:
         ppl = "  ".join(f"{k.removeprefix('ppl:')} {v:.2f}" for k, v in entry["metrics"].items())
-        print(
-            f"[{name}] {entry.get('label', entry['iteration'])}: {ppl}  ({entry['seconds']:.0f} s)",
-            flush=True,
-        )
+        label = entry.get("label", entry["iteration"])
+        print(f"[{name}] {label}: {ppl}  ({entry['seconds']:.0f} s)", flush=True)
 
     return show
 
 
-def run_one(args, pattern: str, setting: dict, out: Path) -> dict:
-    """One I-OBS run; its history (all corpora per iteration) is saved to ``out/runs/<name>.json``."""
-    from iobs.prune.api import load
+def _prune_lm(cfg: Table2Config, pattern: str, setting: dict, name: str, evaluate_dense: bool):
+    """The model pruned by I-OBS with ``setting``'s dense step (resumable under ``out/state/<name>``)."""
+    from iobs.models import load_model
+    from iobs.prune.config import PruneConfig
     from iobs.prune.iobs_lm import iobs_prune_lm
-    from iobs.prune.outer_loop import plot_history
 
+    model, tok = load_model(cfg.model, dtype=torch.float32)
+    # what determines the weights (the iteration count is left out so a rerun can extend a run)
+    key = json.dumps([{k: getattr(cfg, k) for k in ("model", "nsamples", "seqlen", "windows", "seed")}, name])
+    kw = dict(iterations=cfg.iterations, nsamples=cfg.nsamples, seqlen=cfg.seqlen, seed=cfg.seed)
+    kw |= dict(validation=list(CORPORA), val_max_windows=cfg.windows, device=cfg.device)
+    prune = PruneConfig(model=cfg.model, method="iobs", **_pattern_kwargs(pattern), **kw, **setting)
+    kw = dict(state_dir=Path(cfg.out) / "state" / name, state_key=key, on_iteration=_report(name))
+    return iobs_prune_lm(model, tok, prune, select=SELECT, progress=True, evaluate_dense=evaluate_dense, **kw)
+
+
+def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict:
+    """One I-OBS run; its history (all corpora per iteration) is saved to ``out/runs/<name>.json``.
+    ``dense`` holds the dense model's entry per evaluation setup, evaluated once and shared by the runs."""
     name = f"{pattern.replace(':', 'of')}_" + "_".join(f"{k}-{v}" for k, v in setting.items())
-    path = out / "runs" / f"{name}.json"
+    path = Path(cfg.out) / "runs" / f"{name}.json"
     if path.exists():
         done = json.loads(path.read_text())
-        if done["iterations"] >= args.iterations:
+        if done["iterations"] >= cfg.iterations:
             return done
-    model, tok = load(args.model, torch.float32)
     t0 = time.perf_counter()
-    # what determines the weights (the iteration count is left out so a rerun can extend a run)
-    key = json.dumps(
-        [{k: getattr(args, k) for k in ("model", "nsamples", "seqlen", "windows", "seed")}, name]
-    )
-    dense_key = json.dumps([args.model, args.seqlen, args.windows])
-    step = {k: v for k, v in setting.items()}
-    res = iobs_prune_lm(
-        model,
-        tok,
-        **_pattern_kwargs(pattern),
-        iterations=args.iterations,
-        nsamples=args.nsamples,
-        seqlen=args.seqlen,
-        seed=args.seed,
-        validation=list(CORPORA),
-        select=SELECT,
-        val_max_windows=args.windows,
-        device=args.device,
-        progress=True,
-        state_dir=out / "state" / name,
-        state_key=key,
-        on_iteration=_report(name),
-        evaluate_dense=dense_key not in _DENSE,
-        **step,
-    )
-    if dense_key in _DENSE and res.history[0]["iteration"] != 0:
-        res.history.insert(0, _DENSE[dense_key])
-    _DENSE.setdefault(dense_key, res.history[0])
-    plot_history(
-        res,
-        out / f"history_{name}.png",
-        metrics=[f"ppl:{c}" for c in CORPORA],
-        title=f"I-OBS on {args.model}, {pattern}, {setting['dense_step']} (best by wiki-val)",
-    )
-    run = {
-        "pattern": pattern,
-        "setting": setting,
-        "name": name,
-        "iterations": args.iterations,
-        "seconds": time.perf_counter() - t0,
-        **res.to_dict(),
-    }
+    dense_key = json.dumps([cfg.model, cfg.seqlen, cfg.windows])
+    res = _prune_lm(cfg, pattern, setting, name, evaluate_dense=dense_key not in dense)
+    if dense_key in dense and res.history[0]["iteration"] != 0:
+        res.history.insert(0, dense[dense_key])
+    dense.setdefault(dense_key, res.history[0])
+    run = {"pattern": pattern, "setting": setting, "name": name, "iterations": cfg.iterations}
+    run |= {"seconds": time.perf_counter() - t0, **res.to_dict()}
     atomic_write_json(path, run)
     return run
+
+
+def history_plots(runs: list[dict], model: str) -> dict:
+    """``history_<name>.png`` per run: perplexity on every corpus per iteration, the best starred."""
+    metrics = [f"ppl:{c}" for c in CORPORA]
+    titles = [
+        f"I-OBS on {model}, {r['pattern']}, {r['setting']['dense_step']} (best by wiki-val)" for r in runs
+    ]
+    return {f"history_{r['name']}.png": history_plot(r, metrics, t) for r, t in zip(runs, titles)}
 
 
 def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]:
@@ -156,60 +161,43 @@ def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]
         for r in rs:
             its = [h for h in r["history"] if 1 <= h["iteration"] <= max_t and h.get("finite", True)]
             b = min(its, key=lambda h: h["metrics"][SELECT])
-            row = {
-                "pattern": pattern,
-                "setting": _label(r["setting"]),
-                "best_iter": b["iteration"],
-                **{c: b["metrics"][f"ppl:{c}"] for c in CORPORA},
-            }
+            row = {"pattern": pattern, "setting": _label(r["setting"]), "best_iter": b["iteration"]}
+            row |= ppl(b["metrics"])
             tried.append(row)
             best_rows.append(row)
         chosen = min(best_rows, key=lambda row: row["wiki-val"])
-        main.append({"pattern": pattern, "method": "Dense", **{c: dense[f"ppl:{c}"] for c in CORPORA}})
-        main.append(
-            {
-                "pattern": pattern,
-                "method": "SparseGPT (iteration 1)",
-                **{c: one_shot[f"ppl:{c}"] for c in CORPORA},
-            }
-        )
+        main.append({"pattern": pattern, "method": "Dense", **ppl(dense)})
+        main.append({"pattern": pattern, "method": "SparseGPT (iteration 1)", **ppl(one_shot)})
         gain = {c: 100 * (1 - chosen[c] / one_shot[f"ppl:{c}"]) for c in ("wiki-test", "news")}
-        main.append(
-            {
-                "pattern": pattern,
-                "method": f"I-OBS({max_t}) [{chosen['setting']}, best it. {chosen['best_iter']}]",
-                **{c: chosen[c] for c in CORPORA},
-                "gain wiki-test %": gain["wiki-test"],
-                "gain news %": gain["news"],
-                "target ≥3 %": "PASS" if min(gain.values()) >= 3 else "MISS",
-            }
-        )
+        method = f"I-OBS({max_t}) [{chosen['setting']}, best it. {chosen['best_iter']}]"
+        row = {"pattern": pattern, "method": method, **{c: chosen[c] for c in CORPORA}}
+        row |= {"gain wiki-test %": gain["wiki-test"], "gain news %": gain["news"]}
+        main.append(row | {"target ≥3 %": "PASS" if min(gain.values()) >= 3 else "MISS"})
     return main, tried
 
 
-def _config(args) -> dict:
-    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+def ppl(metrics: dict) -> dict:
+    """``{"ppl:wiki-val": x, ...}`` → ``{"wiki-val": x, ...}`` over CORPORA."""
+    return {c: metrics[f"ppl:{c}"] for c in CORPORA}
 
 
 def _label(setting: dict) -> str:
     return setting["dense_step"] + "".join(f" {k}={v}" for k, v in setting.items() if k != "dense_step")
 
 
-def run(args) -> int:
-    if args.quick:
-        args.nsamples, args.seqlen, args.windows = 2, 128, 2
-        args.iterations = min(args.iterations, 2)
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
-    for p in patterns:
-        _pattern_kwargs(p)  # validated by the walk; fail early on garbage like "half"
-    settings = [parse_setting(s) for s in args.settings]
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    runs = [run_one(args, p, s, out) for p in patterns for s in settings]
-    main, tried = summarize(runs, max_t=min(3, args.iterations))
+def experiment(cfg: Table2Config) -> list[dict]:
+    """One run per (pattern, setting); finished runs are reused from ``cfg.out``."""
+    settings = [parse_setting(s) for s in cfg.settings]
+    dense: dict = {}
+    return [run_one(cfg, p, s, dense) for p in cfg.pattern_list() for s in settings]
+
+
+def render(runs: list[dict], cfg: Table2Config, seconds: float, env: dict) -> dict:
+    """The history plots, table2.md (main rows and every setting tried) and results.json."""
+    main, tried = summarize(runs, max_t=min(3, cfg.iterations))
     header = (
-        f"# Table 2 analog: {args.model}, calibration {args.nsamples}×{args.seqlen} wiki tokens per "
-        f"iteration, perplexity on {args.windows} windows of {args.seqlen} tokens per corpus "
+        f"# Table 2 analog: {cfg.model}, calibration {cfg.nsamples}×{cfg.seqlen} wiki tokens per "
+        f"iteration, perplexity on {cfg.windows} windows of {cfg.seqlen} tokens per corpus "
         f"(same windows in every row); selection on wiki-val, report on wiki-test and news\n\n"
     )
     cols = ["pattern", "method", *CORPORA, "gain wiki-test %", "gain news %", "target ≥3 %"]
@@ -219,17 +207,12 @@ def run(args) -> int:
         + "\n## Every dense-step setting tried\n\n"
         + markdown_table(tried)
     )
-    atomic_write_text(out / "table2.md", text)
-    atomic_write_json(
-        out / "results.json",
-        {
-            "config": _config(args) | {"settings": settings},
-            "environment": environment(),
-            "seconds": time.perf_counter() - t0,
-            "main": main,
-            "tried": tried,
-            "runs": runs,
-        },
-    )
-    print(text)
+    settings = [parse_setting(s) for s in cfg.settings]
+    results = {"config": to_dict(cfg) | {"settings": settings}, "environment": env, "seconds": seconds}
+    results |= {"main": main, "tried": tried, "runs": runs}
+    return history_plots(runs, cfg.model) | {"table2.md": text, "results.json": results}
+
+
+def run(args) -> int:
+    print(run_target(config_from_args(args), experiment, render)["table2.md"])
     return 0

@@ -17,76 +17,120 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
-import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from iobs.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, environment, markdown_table
-
-log = logging.getLogger(__name__)
+from iobs.config import add_arguments as add_config_arguments
+from iobs.config import csv_list, from_args, option, to_dict
+from iobs.reproduce.output import run_target
+from iobs.reproduce.reference import reference_splits
+from iobs.utils import atomic_write_json, markdown_table, subplots
 
 DEFAULT_SPARSITIES = {
     "mlpnet": "0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98",
     "mobilenet": "0.3,0.4,0.5,0.6,0.7,0.8",
 }
-METHODS = ("magnitude", "woodfisher", "cbs", "iobs")
 #: absolute Fisher damping: best WoodFisher validation accuracy on MobileNet over {1e-3, 1e-4, 1e-5, 1e-6}
 #: and relative 1e-2; on MLPNet 1e-5 is 0.45 points better for WoodFisher on validation but makes the I-OBS
 #: Newton step overshoot (benchmarks/results/vision_tables.md shows both)
 DEFAULT_DAMPING = 1e-4
 TARGET_FROM = 0.6
+#: --quick: these fields, where left at their default, and the sparsities where none are given
+QUICK = dict(grads=600, block_size=200, val_size=1000, test_limit=2000, line_search_size=1000)
+QUICK_SPARSITIES = "0.5,0.7,0.9"
+
+
+@dataclass
+class Table5Config:
+    """One Table 5 run; ``sparsity_lists`` (per model, after --quick) is derived, not a field."""
+
+    models: list[str] = option(
+        default_factory=lambda: ["mlpnet"],
+        help="comma list of mlpnet, mobilenet (default: mlpnet)",
+        parse=csv_list,
+    )
+    sparsities: str | None = option(None, "comma list in [0, 1) (default: per model, see --help)")
+    grads: int = option(2400, "per-sample gradients per method (budget N)")
+    iterations: int = option(4, "I-OBS iterations T (see --first-share)")
+    budget: str = option(
+        "total",
+        "total: I-OBS spends the N gradients of CBS over its T iterations; per-iteration: each I-OBS "
+        "iteration gets N fresh gradients (T·N in all; iteration 1 = WoodFisher on CBS's images)",
+        choices=("total", "per-iteration"),
+    )
+    first_share: float | None = option(
+        None,
+        "share of the gradient budget for I-OBS iteration 1, the rest split over iterations 2..T "
+        "(default: N/T each; 0.5 was better at 60-80 % but lower on mean validation accuracy)",
+        parse=float,
+    )
+    block_size: int = option(500, "Fisher block size (weights per block)")
+    damping: float | None = option(
+        None,
+        f"Fisher damping λ (see --damping-mode; default {DEFAULT_DAMPING:g} absolute, 1e-2 relative)",
+        parse=float,
+    )
+    damping_mode: str = option(
+        "absolute",
+        "absolute: F_b + λI; relative: F_b + λ·mean(diag F_b)·I (absolute chosen on validation)",
+        choices=("absolute", "relative"),
+    )
+    line_search_size: int = option(2000, "held-out training images for the I-OBS step size")
+    lr: float = option(1.0, "I-OBS largest Newton step size (line search below)")
+    cbs_swaps: int = option(200, "CBS local search: maximum swaps")
+    cbs_candidates: int = option(64, "CBS local search: candidates per side")
+    val_size: int = option(5000, "held-out training images for I-OBS selection")
+    test_limit: int | None = option(None, "evaluate on the first N test images only", parse=int)
+    train_limit: int | None = option(None, "train the reference nets on N images", parse=int)
+    epochs: int | None = option(None, "override the reference training epochs", parse=int)
+    cache_dir: str | None = option(None, "reference weights cache (default $IOBS_CACHE/vision)")
+    seed: int = option(0)
+    device: str = option("auto")
+    quick: bool = option(False, "MLPNet, 3 sparsities, 600 gradients (minutes)")
+    out: str = option("runs/table5", "output folder (finished cells are reused on rerun)")
+
+    def __post_init__(self):
+        if self.quick:
+            for f in dataclasses.fields(self):
+                if f.name in QUICK and getattr(self, f.name) == f.default:
+                    setattr(self, f.name, QUICK[f.name])
+        for m in self.models:
+            if m not in DEFAULT_SPARSITIES:
+                raise ValueError(f"--models: {m!r} is not one of {', '.join(DEFAULT_SPARSITIES)}")
+        for k in ("grads", "iterations", "block_size", "val_size", "line_search_size"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
+        if self.first_share is not None and not 0 < self.first_share < 1:
+            raise ValueError(f"--first-share must be in (0, 1), got {self.first_share}")
+        if self.first_share is not None and self.budget != "total":
+            raise ValueError("--first-share applies to --budget total only")
+        if self.grads < self.iterations:
+            raise ValueError(f"--grads ({self.grads}) must be at least --iterations ({self.iterations})")
+        default = QUICK_SPARSITIES if self.quick else None
+        self.sparsity_lists = {
+            m: _floats(self.sparsities or default or DEFAULT_SPARSITIES[m], "--sparsities")
+            for m in self.models
+        }
+
+    def fisher_damping(self) -> float:
+        """--damping, or its default for --damping-mode (absolute DEFAULT_DAMPING, relative 1e-2)."""
+        if self.damping is not None:
+            return self.damping
+        return DEFAULT_DAMPING if self.damping_mode == "absolute" else 1e-2
+
+    def fisher_kwargs(self) -> dict:
+        """The Fisher blocks' size and damping (as empirical_fisher and iobs_global take them)."""
+        absolute = self.damping_mode == "absolute"
+        return dict(block_size=self.block_size, damping=self.fisher_damping(), absolute_damping=absolute)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default="mlpnet", help="comma list of mlpnet, mobilenet (default: mlpnet)")
-    p.add_argument("--sparsities", default=None, help="comma list in [0, 1) (default: per model, see --help)")
-    p.add_argument("--grads", type=int, default=2400, help="per-sample gradients per method (budget N)")
-    p.add_argument("--iterations", type=int, default=4, help="I-OBS iterations T (see --first-share)")
-    p.add_argument(
-        "--budget",
-        default="total",
-        choices=("total", "per-iteration"),
-        help="total: I-OBS spends the N gradients of CBS over its T iterations; per-iteration: each I-OBS "
-        "iteration gets N fresh gradients (T·N in all; iteration 1 = WoodFisher on CBS's images)",
-    )
-    p.add_argument(
-        "--first-share",
-        type=float,
-        default=None,
-        help="share of the gradient budget for I-OBS iteration 1, the rest split over iterations 2..T "
-        "(default: N/T each; 0.5 was better at 60-80 % but lower on mean validation accuracy)",
-    )
-    p.add_argument("--block-size", type=int, default=500, help="Fisher block size (weights per block)")
-    p.add_argument(
-        "--damping",
-        type=float,
-        default=None,
-        help=f"Fisher damping λ (see --damping-mode; default {DEFAULT_DAMPING:g} absolute, 1e-2 relative)",
-    )
-    p.add_argument(
-        "--damping-mode",
-        default="absolute",
-        choices=("absolute", "relative"),
-        help="absolute: F_b + λI; relative: F_b + λ·mean(diag F_b)·I (absolute chosen on validation)",
-    )
-    p.add_argument(
-        "--line-search-size", type=int, default=2000, help="held-out training images for the I-OBS step size"
-    )
-    p.add_argument("--lr", type=float, default=1.0, help="I-OBS largest Newton step size (line search below)")
-    p.add_argument("--cbs-swaps", type=int, default=200, help="CBS local search: maximum swaps")
-    p.add_argument("--cbs-candidates", type=int, default=64, help="CBS local search: candidates per side")
-    p.add_argument("--val-size", type=int, default=5000, help="held-out training images for I-OBS selection")
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
-    p.add_argument("--train-limit", type=int, default=None, help="train the reference nets on N images")
-    p.add_argument("--epochs", type=int, default=None, help="override the reference training epochs")
-    p.add_argument("--cache-dir", default=None, help="reference weights cache (default $IOBS_CACHE/vision)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="MLPNet, 3 sparsities, 300 gradients (minutes)")
-    p.add_argument("--out", default="runs/table5", help="output folder (finished cells are reused on rerun)")
+    add_config_arguments(p, Table5Config)
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -101,46 +145,6 @@ def _floats(text: str, name: str) -> list[float]:
     return [check_sparsity(v, name) for v in vals]
 
 
-def _config(args) -> dict:
-    if args.quick:
-        quick = dict(grads=600, block_size=200, val_size=1000, test_limit=2000, line_search_size=1000)
-        for k, v in quick.items():
-            if getattr(args, k) == _DEFAULTS[k]:
-                setattr(args, k, v)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if m not in DEFAULT_SPARSITIES:
-            raise ValueError(f"--models: {m!r} is not one of {', '.join(DEFAULT_SPARSITIES)}")
-    for k in ("grads", "iterations", "block_size", "val_size", "line_search_size"):
-        if getattr(args, k) < 1:
-            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
-    if args.first_share is not None and not 0 < args.first_share < 1:
-        raise ValueError(f"--first-share must be in (0, 1), got {args.first_share}")
-    if args.first_share is not None and args.budget != "total":
-        raise ValueError("--first-share applies to --budget total only")
-    if args.grads < args.iterations:
-        raise ValueError(f"--grads ({args.grads}) must be at least --iterations ({args.iterations})")
-    cfg = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("target", "command")}
-    cfg["models"] = models
-    cfg["sparsity_lists"] = {
-        m: _floats(
-            args.sparsities or ("0.5,0.7,0.9" if args.quick else DEFAULT_SPARSITIES[m]), "--sparsities"
-        )
-        for m in models
-    }
-    return cfg
-
-
-_DEFAULTS = {"grads": 2400, "block_size": 500, "val_size": 5000, "test_limit": None, "line_search_size": 2000}
-
-
-def damping(cfg: dict) -> float:
-    """--damping, or its default for --damping-mode (absolute DEFAULT_DAMPING, relative 1e-2)."""
-    if cfg["damping"] is not None:
-        return cfg["damping"]
-    return DEFAULT_DAMPING if cfg["damping_mode"] == "absolute" else 1e-2
-
-
 def budget_split(N: int, T: int, first_share: float | None = None) -> tuple[int, int]:
     """(n₁, m): iteration 1 gets n₁ = round(first_share·N) gradients, iterations 2..T get m each, with
     n₁ + (T − 1)·m ≤ N (T = 1: n₁ = N; ``first_share`` None: the equal split n₁ = m = floor(N/T)).
@@ -151,24 +155,6 @@ def budget_split(N: int, T: int, first_share: float | None = None) -> tuple[int,
         return N // T, N // T
     n1 = max(1, min(N - (T - 1), round(first_share * N)))
     return n1, (N - n1) // (T - 1)
-
-
-def _reference(name: str, cfg: dict):
-    from dataclasses import replace
-
-    from iobs.vision.train import RECIPES, reference_model
-
-    recipe = RECIPES[name]  # --val-size picks from the reference's held-out images; it never retrains
-    if cfg["val_size"] > recipe.val_size:
-        raise ValueError(
-            f"--val-size must be in [1, {recipe.val_size}] (the reference's held-out images), "
-            f"got {cfg['val_size']}"
-        )
-    if cfg["train_limit"]:
-        recipe = replace(recipe, train_limit=cfg["train_limit"])
-    if cfg["epochs"]:
-        recipe = replace(recipe, epochs=cfg["epochs"])
-    return reference_model(name, recipe, cache_dir=cfg["cache_dir"], device=cfg["device"]), recipe
 
 
 def calibration_starts(N: int, T: int, L: int, budget: str, first_share: float | None = None) -> list[tuple]:
@@ -188,155 +174,174 @@ def calibration_starts(N: int, T: int, L: int, budget: str, first_share: float |
     raise ValueError(f"budget must be 'total' or 'per-iteration', got {budget!r}")
 
 
-def _cached(path: Path, key: str):
+class _Reference:
+    """One model's reference at θ0, its shuffled training images X, y (the ``its`` ranges of the I-OBS
+    iterations and the ``line`` range of the line search index them; WoodFisher and CBS use the first N),
+    val and test images; global pruning at θ0 with the Fisher of the first n images built once."""
+
+    def __init__(self, name: str, cfg: Table5Config, dev: torch.device):
+        from iobs.vision.fisher import get_flat, prunable_weights
+
+        self.name, self.cfg = name, cfg
+        self.model, self.info, _, train, val, test = reference_splits(name, cfg, str(dev))
+        N, T, L = cfg.grads, cfg.iterations, cfg.line_search_size
+        self.its, self.line = calibration_starts(N, T, L, cfg.budget, cfg.first_share)
+        need = max(self.line[1], self.its[-1][1])
+        if need > len(train):
+            raise ValueError(
+                f"--grads {N}, --iterations {T} (--budget {cfg.budget}) and --line-search-size {L} "
+                f"need {need} training images, only {len(train)} exist"
+            )
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+        self.X, self.y = train.X[perm[:need]].to(dev), train.y[perm[:need]].to(dev)
+        self.val, self.test = (val.X.to(dev), val.y), (test.X.to(dev), test.y)
+        self.params = prunable_weights(self.model)
+        self.theta0 = get_flat(self.params)
+        self.fisher: dict = {}
+
+    def F(self, n: int):
+        from iobs.vision.fisher import empirical_fisher
+
+        if n not in self.fisher:
+            X, y = self.X[:n], self.y[:n]
+            self.fisher[n] = empirical_fisher(self.model, self.params, X, y, **self.cfg.fisher_kwargs())
+        return self.fisher[n]
+
+    def pruned(self, method: str, s: float, n: int):
+        from iobs.vision.fisher import prunable_weights, set_flat
+        from iobs.vision.global_prune import prune_global
+
+        cfg = self.cfg
+        kw = dict(candidates=cfg.cbs_candidates, max_swaps=cfg.cbs_swaps) if method == "cbs" else {}
+        res = prune_global(method, self.theta0, self.F(n) if method != "magnitude" else None, s, **kw)
+        m = copy.deepcopy(self.model)
+        set_flat(prunable_weights(m), res.theta)
+        return m
+
+
+def _cache_keys(cfg: Table5Config, info: dict) -> tuple[str, str]:
+    """What determines a baselines cell and an I-OBS cell (a changed key recomputes the cell)."""
+    base = ("grads", "block_size", "damping_mode", "cbs_swaps", "cbs_candidates", "test_limit", "seed")
+    base_key = {k: getattr(cfg, k) for k in base}
+    base_key |= {"damping": cfg.fisher_damping(), "model": info.get("key")}
+    iobs = ("iterations", "budget", "first_share", "line_search_size", "lr", "val_size")
+    iobs_key = base_key | {k: getattr(cfg, k) for k in iobs}
+    return json.dumps(base_key, sort_keys=True), json.dumps(iobs_key, sort_keys=True)
+
+
+def _cached(path: Path, key: str, compute, *args) -> dict:
+    """The JSON cell at ``path`` when it was computed under ``key``, else ``compute(*args)`` saved there."""
     if path.exists():
         data = json.loads(path.read_text())
         if data.get("key") == key:
             return data
-    return None
+    data = {"key": key, **compute(*args)}
+    atomic_write_json(path, data)
+    return data
 
 
-def run_model(name: str, cfg: dict, out: Path) -> list[dict]:
+def _record(
+    model: str, method: str, s: float, accuracy: float, iteration: int | None = None, **extra
+) -> dict:
+    return dict(model=model, method=method, sparsity=s, iteration=iteration, accuracy=accuracy, **extra)
+
+
+def _baselines(ref: _Reference, s: float) -> dict:
+    """Magnitude, WoodFisher and CBS on the N gradients; the test images each gets wrong (for McNemar)."""
+    from iobs.vision.models import correct
+
+    N = ref.cfg.grads
+    rows, wrong = [], {}
+    for method in ("magnitude", "woodfisher", "cbs"):
+        hit = correct(ref.pruned(method, s, N), *ref.test)
+        wrong[method] = torch.nonzero(~hit).flatten().tolist()
+        rows.append(
+            dict(
+                model=ref.name, method=method, sparsity=s, iteration=None, accuracy=int(hit.sum()) / len(hit)
+            )
+            | {"gradients": 0 if method == "magnitude" else N}
+        )
+    return {"records": rows, "wrong": wrong}
+
+
+def _iobs_global(model, s: float, ref: _Reference):
+    """I-OBS at sparsity ``s`` on ``model`` in place (the best iteration restored); its LoopResult.
+    Iteration 1 reuses the Fisher of its n₁ images at θ0, already built for cbs@n / WoodFisher."""
+    from iobs.vision.iobs_global import iobs_global
+    from iobs.vision.models import accuracy
+
+    (Xv, yv), (Xt, yt), its = ref.val, ref.test, ref.its
+    return iobs_global(
+        model,
+        sparsity=s,
+        iterations=ref.cfg.iterations,
+        calibration=lambda t: (ref.X[slice(*its[t - 1])], ref.y[slice(*its[t - 1])]),
+        evaluate=lambda m: {"val_accuracy": accuracy(m, Xv, yv), "accuracy": accuracy(m, Xt, yt)},
+        select="val_accuracy",
+        mode="max",
+        lr=ref.cfg.lr,
+        line_search=(ref.X[slice(*ref.line)], ref.y[slice(*ref.line)]),
+        evaluate_dense=False,
+        initial_fisher=ref.F(its[0][1] - its[0][0]),
+        **ref.cfg.fisher_kwargs(),
+    )
+
+
+def _iobs(ref: _Reference, s: float, base: dict) -> dict:
+    """I-OBS (and, with --budget total, cbs@n: CBS on iteration 1's n₁ images); the selected iteration is
+    compared with CBS on the test images by McNemar's test."""
+    from iobs.eval.paired import mcnemar
+    from iobs.vision.models import accuracy, correct
+
+    n1 = ref.its[0][1] - ref.its[0][0]
+    rows = []
+    if ref.cfg.budget == "total":
+        acc = accuracy(ref.pruned("cbs", s, n1), *ref.test)
+        rows.append(_record(ref.name, "cbs@n", s, acc, gradients=n1))
+    pruned = copy.deepcopy(ref.model)
+    result = _iobs_global(pruned, s, ref)
+    cbs_right = torch.ones(len(ref.test[1]), dtype=torch.bool)
+    cbs_right[base["wrong"]["cbs"]] = False
+    paired = mcnemar(correct(pruned, *ref.test), cbs_right)  # pruned = the best iteration, restored
+    for h in result.history:
+        t = h["iteration"]
+        acc, val_acc, best = h["metrics"]["accuracy"], h["metrics"]["val_accuracy"], t == result.best
+        n = sum(hi - lo for lo, hi in ref.its[:t])
+        extra = {"vs_cbs": paired} if best else {}
+        rows.append(
+            _record(ref.name, "iobs", s, acc, t, val_accuracy=val_acc, selected=best, gradients=n, **extra)
+        )
+    return {"records": rows}
+
+
+def run_model(name: str, cfg: Table5Config, out: Path) -> list[dict]:
     """All methods and sparsities for one model. Per sparsity, the baselines (magnitude, WoodFisher, CBS) are
     cached in ``out/cells/<model>-<s>-baselines.json`` and I-OBS (+ cbs@n) in ``…-iobs-<budget>.json``, so a
     run with another I-OBS setting reuses the baselines."""
-    from iobs.eval.paired import mcnemar
     from iobs.utils import resolve_device
-    from iobs.vision.data import load_split
-    from iobs.vision.fisher import empirical_fisher, get_flat, prunable_weights, set_flat
-    from iobs.vision.global_prune import prune_global
-    from iobs.vision.iobs_global import iobs_global
-    from iobs.vision.models import accuracy, correct
+    from iobs.vision.models import accuracy
 
-    dev = resolve_device(cfg["device"])
-    cfg = {**cfg, "device": str(dev)}
-    (model, info), recipe = _reference(name, cfg)
-    train = load_split(recipe.dataset, "train", val_size=recipe.val_size)
-    val = load_split(recipe.dataset, "val", val_size=recipe.val_size)
-    val = val.subset(slice(len(val) - cfg["val_size"], None))  # the last val_size held-out images
-    test = load_split(recipe.dataset, "test", limit=cfg["test_limit"])
-    N, T, L = cfg["grads"], cfg["iterations"], cfg["line_search_size"]
-    its, (l0, l1) = calibration_starts(N, T, L, cfg["budget"], cfg["first_share"])
-    need = max(l1, its[-1][1])
-    if need > len(train):
-        raise ValueError(
-            f"--grads {N}, --iterations {T} (--budget {cfg['budget']}) and --line-search-size {L} "
-            f"need {need} training images, only {len(train)} exist"
-        )
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg["seed"]))
-    Xall, yall = train.X[perm[:need]].to(dev), train.y[perm[:need]].to(dev)
-    Xc, yc = Xall[:N], yall[:N]
-    Xl, yl = Xall[l0:l1], yall[l0:l1]
-    n1 = its[0][1] - its[0][0]
-    absolute = cfg["damping_mode"] == "absolute"
-    cfg["damping"] = damping(cfg)
-    Xv, yv, Xt, yt = val.X.to(dev), val.y, test.X.to(dev), test.y
-
-    dense_acc = accuracy(model, Xt, yt)
-    print(f"[{name}] dense test accuracy {dense_acc:.4f} ({'cached' if info.get('cached') else 'trained'})")
-    records = [dict(model=name, method="dense", sparsity=0.0, iteration=None, accuracy=dense_acc)]
-    params = prunable_weights(model)
-    theta0 = get_flat(params)
-    fisher: dict = {}
-    fkw = dict(block_size=cfg["block_size"], damping=cfg["damping"], absolute_damping=absolute)
-
-    def F(n):
-        if n not in fisher:
-            fisher[n] = empirical_fisher(model, params, Xc[:n], yc[:n], **fkw)
-        return fisher[n]
-
-    def pruned_by(method, s, n):
-        kw = dict(candidates=cfg["cbs_candidates"], max_swaps=cfg["cbs_swaps"]) if method == "cbs" else {}
-        res = prune_global(method, theta0, F(n) if method != "magnitude" else None, s, **kw)
-        m = copy.deepcopy(model)
-        set_flat(prunable_weights(m), res.theta)
-        return m
-
-    base_keys = (
-        "grads",
-        "block_size",
-        "damping",
-        "damping_mode",
-        "cbs_swaps",
-        "cbs_candidates",
-        "test_limit",
-    )
-    base_key = json.dumps(
-        {k: cfg[k] for k in base_keys + ("seed",)} | {"model": info.get("key")}, sort_keys=True
-    )
-    iobs_keys = ("iterations", "budget", "first_share", "line_search_size", "lr", "val_size")
-    iobs_key = json.dumps(json.loads(base_key) | {k: cfg[k] for k in iobs_keys}, sort_keys=True)
-    for s in cfg["sparsity_lists"][name]:
+    ref = _Reference(name, cfg, resolve_device(cfg.device))
+    dense_acc = accuracy(ref.model, *ref.test)
+    how = "cached" if ref.info.get("cached") else "trained"
+    print(f"[{name}] dense test accuracy {dense_acc:.4f} ({how})")
+    records = [_record(name, "dense", 0.0, dense_acc)]
+    base_key, iobs_key = _cache_keys(cfg, ref.info)
+    for s in cfg.sparsity_lists[name]:
         t0 = time.perf_counter()
-        base_cell = out / "cells" / f"{name}-{s:g}-baselines.json"
-        base = _cached(base_cell, base_key)
-        if base is None:
-            rows, wrong = [], {}
-            for method in ("magnitude", "woodfisher", "cbs"):
-                hit = correct(pruned_by(method, s, N), Xt, yt)
-                wrong[method] = torch.nonzero(~hit).flatten().tolist()
-                rows.append(
-                    dict(
-                        model=name,
-                        method=method,
-                        sparsity=s,
-                        iteration=None,
-                        accuracy=int(hit.sum()) / len(hit),
-                        gradients=0 if method == "magnitude" else N,
-                    )
-                )
-            base = {"key": base_key, "records": rows, "wrong": wrong}
-            atomic_write_json(base_cell, base)
-        iobs_cell = out / "cells" / f"{name}-{s:g}-iobs-{cfg['budget']}.json"
-        rows = (_cached(iobs_cell, iobs_key) or {}).get("records")
-        if rows is None:
-            rows = []
-            if cfg["budget"] == "total":
-                acc = accuracy(pruned_by("cbs", s, n1), Xt, yt)
-                rows.append(
-                    dict(model=name, method="cbs@n", sparsity=s, iteration=None, accuracy=acc, gradients=n1)
-                )
-            pruned = copy.deepcopy(model)
-            result = iobs_global(
-                pruned,
-                sparsity=s,
-                iterations=T,
-                calibration=lambda t: (Xall[slice(*its[t - 1])], yall[slice(*its[t - 1])]),
-                evaluate=lambda m: {"val_accuracy": accuracy(m, Xv, yv), "accuracy": accuracy(m, Xt, yt)},
-                select="val_accuracy",
-                mode="max",
-                block_size=cfg["block_size"],
-                damping=cfg["damping"],
-                absolute_damping=absolute,
-                lr=cfg["lr"],
-                line_search=(Xl, yl),
-                evaluate_dense=False,
-                initial_fisher=F(n1),  # iteration 1 = the first n1 images at θ0: already built here
-            )
-            cbs_right = torch.ones(len(yt), dtype=torch.bool)
-            cbs_right[base["wrong"]["cbs"]] = False
-            paired = mcnemar(correct(pruned, Xt, yt), cbs_right)  # pruned = the best iteration, restored
-            for h in result.history:
-                t = h["iteration"]
-                rows.append(
-                    dict(
-                        model=name,
-                        method="iobs",
-                        sparsity=s,
-                        iteration=t,
-                        accuracy=h["metrics"]["accuracy"],
-                        val_accuracy=h["metrics"]["val_accuracy"],
-                        selected=t == result.best,
-                        gradients=sum(hi - lo for lo, hi in its[:t]),
-                    )
-                    | ({"vs_cbs": paired} if t == result.best else {})
-                )
-            atomic_write_json(iobs_cell, {"key": iobs_key, "records": rows})
-        rows = base["records"] + rows
+        cell = out / "cells" / f"{name}-{s:g}"
+        base = _cached(Path(f"{cell}-baselines.json"), base_key, _baselines, ref, s)
+        iobs = _cached(Path(f"{cell}-iobs-{cfg.budget}.json"), iobs_key, _iobs, ref, s, base)
+        rows = base["records"] + iobs["records"]
         summary = ", ".join(f"{r['method']}{r['iteration'] or ''} {r['accuracy']:.4f}" for r in rows)
         print(f"[{name}] sparsity {s:g}: {summary} ({time.perf_counter() - t0:.0f} s)", flush=True)
         records += rows
     return records
+
+
+def experiment(cfg: Table5Config) -> list[dict]:
+    """One record per (model, method, sparsity[, iteration]); finished cells are reused from ``cfg.out``."""
+    return [r for name in cfg.models for r in run_model(name, cfg, Path(cfg.out))]
 
 
 def table_rows(records: list[dict]) -> list[dict]:
@@ -356,9 +361,8 @@ def table_rows(records: list[dict]) -> list[dict]:
         if best and row["cbs"] is not None:
             row["iobs*-cbs"] = row["iobs*"] - row["cbs"]
             row["p"] = _p_text(best["vs_cbs"]["p"]) if "vs_cbs" in best else None
-            row["target"] = (
-                ("PASS" if row["iobs*"] >= row["cbs"] else "MISS") if s >= TARGET_FROM - 1e-9 else "-"
-            )
+            verdict = "PASS" if row["iobs*"] >= row["cbs"] else "MISS"
+            row["target"] = verdict if s >= TARGET_FROM - 1e-9 else "-"
         rows.append(row)
     return rows
 
@@ -378,37 +382,30 @@ def verdict_text(rows: list[dict], alpha: float = 0.05) -> str:
     if misses:
         sig = [r for r in misses if r.get("p") is not None and float(r["p"].lstrip("<")) < alpha]
         where = ", ".join(f"{r['model']} {r['sparsity']}" for r in misses)
-        text += (
-            f"; misses at {where}, of which {len(sig)} significant (McNemar p < {alpha:g})"
-            + (": " + ", ".join(f"{r['model']} {r['sparsity']}" for r in sig) if sig else "")
+        text += f"; misses at {where}, of which {len(sig)} significant (McNemar p < {alpha:g})" + (
+            ": " + ", ".join(f"{r['model']} {r['sparsity']}" for r in sig) if sig else ""
         )
     return text
 
 
-def _budget_text(cfg: dict) -> str:
-    N, T = cfg["grads"], cfg["iterations"]
-    if cfg["budget"] == "per-iteration":
+def _budget_text(cfg: Table5Config) -> str:
+    N, T = cfg.grads, cfg.iterations
+    if cfg.budget == "per-iteration":
         return (
             f"Budget: {N} per-sample gradients for WoodFisher and CBS, {N} per I-OBS iteration "
             f"({T} iterations, {T * N} in all; iteration 1 = WoodFisher). "
         )
-    n1, m = budget_split(N, T, cfg["first_share"])
+    n1, m = budget_split(N, T, cfg.first_share)
     return (
         f"Budget: {N} per-sample gradients per method; I-OBS {T} iterations: {n1} + {T - 1}×{m}; "
         f"cbs@n = CBS on the {n1} samples of I-OBS iteration 1. "
     )
 
 
-def plot(records: list[dict], path: Path) -> Path:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(records: list[dict]):
+    """Test top-1 against sparsity per model, one curve per method (I-OBS: the selected iteration)."""
     models = sorted({r["model"] for r in records})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    fig, axes = subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
         here = [r for r in records if r["model"] == model]
         styles = (("magnitude", "s:"), ("woodfisher", "^--"), ("cbs", "d-."), ("cbs@n", "x:"), ("iobs", "o-"))
@@ -429,41 +426,34 @@ def plot(records: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return fig
 
 
-def run(args) -> int:
-    cfg = _config(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    records: list[dict] = []
-    for name in cfg["models"]:
-        records += run_model(name, cfg, out)
+def render(records: list[dict], cfg: Table5Config, seconds: float, env: dict) -> dict:
+    """results.json (the records), table.md (one row per cell and the verdict), table5.png, report.json."""
     rows = table_rows(records)
-    atomic_write_json(out / "results.json", records)
     md = (
         "# Table 5 analog: accuracy (%) without fine-tuning, global sparsity\n\n"
         + _budget_text(cfg)
         + "I-OBS best iteration by validation accuracy = iobs*, its iteration = iter*; "
         "p = exact McNemar test of iobs* against CBS on the test images. "
-        f"Fisher blocks of {cfg['block_size']} weights, {cfg['damping_mode']} damping "
-        f"{damping(cfg):g}, "
-        f"I-OBS lr {cfg['lr']} with a line search on {cfg['line_search_size']} held-out training images; "
-        f"CBS ≤ {cfg['cbs_swaps']} swaps over {cfg['cbs_candidates']} candidates. "
+        f"Fisher blocks of {cfg.block_size} weights, {cfg.damping_mode} damping {cfg.fisher_damping():g}, "
+        f"I-OBS lr {cfg.lr} with a line search on {cfg.line_search_size} held-out training images; "
+        f"CBS ≤ {cfg.cbs_swaps} swaps over {cfg.cbs_candidates} candidates. "
         f"Target: I-OBS ≥ CBS at every sparsity ≥ {100 * TARGET_FROM:g}%.\n\n"
         + markdown_table(rows, floatfmt=".2f")
+        + "\n"
+        + verdict_text(rows)
+        + "\n"
     )
-    md += "\n" + verdict_text(rows) + "\n"
-    atomic_write_text(out / "table.md", md)
-    plot(records, out / "table5.png")
-    atomic_write_json(
-        out / "report.json",
-        {"config": cfg, "seconds": time.perf_counter() - t0, "environment": environment()},
-    )
-    print(md)
-    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'table5.png'}")
+    config = to_dict(cfg) | {"sparsity_lists": cfg.sparsity_lists}  # every field and the sparsities run
+    report = {"config": config, "seconds": seconds, "environment": env}
+    return {"results.json": records, "table.md": md, "table5.png": plot(records), "report.json": report}
+
+
+def run(args) -> int:
+    cfg = from_args(Table5Config, args)
+    files = run_target(cfg, experiment, render)
+    print(files["table.md"])
+    print(f"wrote {', '.join(str(Path(cfg.out) / name) for name in list(files)[:3])}")
     return 0

@@ -10,7 +10,7 @@ Iteration t = 1..T on batch t of ``n`` samples (so T iterations cost T·n per-sa
   3. support: keep the d − floor(s·d) largest OBS saliencies θ⁺_i² / [F_t⁻¹]_ii (global budget);
   4. θ_{t+1} = P(θ⁺), the exact OBS update of θ⁺ on that support under F_t (block by block).
 η = 0 gives P(θ_t) = θ_t, so the line-search loss never rises from one iteration to the next.
-The loop is :func:`iobs.prune.outer_loop.run_iobs` (dense step = 1–2, projection = 3–4), which evaluates each
+The loop is :func:`iobs.loop.run_iobs` (dense step = 1–2, projection = 3–4), which evaluates each
 iteration and restores the best one by ``select``.
 """
 
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from iobs._validate import check_sparsity
-from iobs.prune.outer_loop import LoopResult, run_iobs
+from iobs.loop import LoopResult, run_iobs
 from iobs.vision.fisher import FisherBlocks, empirical_fisher, get_flat, prunable_weights, set_flat
 from iobs.vision.global_prune import keep_mask, newton_point, obs_saliency, obs_update
 from iobs.vision.models import mean_ce
@@ -96,7 +96,7 @@ class _Steps:
         self.model, self.params, self.sparsity = model, params, sparsity
         self.fisher_args, self.lr, self.line_search = fisher_args, lr, line_search
         self.d = sum(p.numel() for p in params.values())
-        self.state: dict = {}  # batch, Fisher and projected point of the last dense step
+        self.state: dict = {}  # iteration, Fisher and projected point of the last dense step
         self.pending: list[FisherBlocks] = []
 
     def fisher(self, batch) -> FisherBlocks:
@@ -118,7 +118,7 @@ class _Steps:
         eta = min(tried, key=tried.get)
         theta_plus = theta + eta * direction
         set_flat(self.params, theta_plus)
-        self.state.update(batch=batch, fisher=fisher, projected=cands[eta])
+        self.state.update(t=t, fisher=fisher, projected=cands[eta])
         return {
             "step": "fisher-newton",
             "lr": eta,
@@ -127,8 +127,8 @@ class _Steps:
             "seconds": time.perf_counter() - t0,
         }
 
-    def project(self, m, batch):
-        if self.state.get("batch") is batch:  # right after the dense step on this batch
+    def project(self, m, batch, t):
+        if self.state.get("t") == t:  # right after this iteration's dense step
             fisher, projected = self.state["fisher"], self.state["projected"]
         else:
             fisher, projected = (self.pending.pop() if self.pending else self.fisher(batch)), None

@@ -1,0 +1,182 @@
+"""``solver="auto"``: a portfolio of the registered solvers, chosen from n, d, k and the objective.
+
+Form. The global Newton forms need H = ∇²f well conditioned: with a design of n ≥ d rows (or an
+objective without one, e.g. a TorchObjective with a dense Hessian) and d ≤ ``GLOBAL_MAX_D``, auto runs
+I-OBS (Option 2, greedy OBS support), then restricted I-OBS started from its θ (single-swap
+refinement). With n < d, H has rank ≤ n and auto runs the restricted forms (Newton steps on a working
+set), with different working-set schedules, because which schedule wins depends on the signal class
+(measured in benchmarks/recovery_suite.py):
+
+    ⌈k/8⌉ second-order gains → k gradient coordinates → subspace pursuit → ⌈k/2⌉ gains → HTP
+    → one gain at a time
+
+Selection. Every schedule solves min f(θ) s.t. ‖θ‖₀ ≤ k from θ0; for a non-quadratic f (logistic)
+its θ is then refit by Newton steps on its support (the restricted forms stop on a stall with
+coefficients one Newton step from the support's optimum); the θ of lowest f is returned.
+Stopping (``stop``): ``"exact"`` ends the portfolio once f ≤ ``rtol``·f(θ0) (noiseless least squares:
+with 2k < n and a generic design no other k-sparse θ fits y); ``"agree"`` also ends it once a
+schedule returns the same support as the best one so far (two different searches at the same
+minimum); ``"none"`` runs every schedule. The result reports the choice (``chosen``), every run
+(``runs``), the total iterations (``n_iter``) and the time of all runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from iobs.recovery.result import RecoveryResult
+from iobs.recovery.solvers import SOLVERS, Solver, _fit_on_support
+
+__all__ = ["auto", "schedules_for", "GLOBAL_MAX_D", "STOPS"]
+
+#: largest d for the global forms (they factor a d×d matrix)
+GLOBAL_MAX_D = 2048
+STOPS = ("exact", "agree", "none")
+#: the n < d portfolio, in order: (solver, options); "k/8", "k", "k/2" are resolved against k
+RESTRICTED = (
+    ("restricted-iobs", {"expand": "k/8"}),
+    ("restricted-iobs", {"select": "gradient", "expand": "k"}),
+    ("subspace-pursuit", {}),
+    ("restricted-iobs", {"expand": "k/2"}),
+    ("htp", {}),
+    ("restricted-iobs", {"expand": 1}),
+)
+#: the n ≥ d portfolio; "warm": start from the best θ so far
+GLOBAL = (("iobs", {"support": "greedy"}), ("restricted-iobs", {"expand": 1, "warm": True}))
+
+
+def _resolve(opts: dict, k: int) -> dict:
+    frac = {"k/8": 8, "k/2": 2, "k": 1}
+    return {
+        key: max(1, math.ceil(k / frac[v])) if key == "expand" and v in frac else v for key, v in opts.items()
+    }
+
+
+def uses_global(objective, k: int) -> bool:
+    """The global Newton forms when H can be full rank and factored: n ≥ d (or no design), d ≤ 2048."""
+    n = getattr(objective, "n", None)
+    return objective.d <= GLOBAL_MAX_D and (n is None or n >= objective.d)
+
+
+def schedules_for(objective, k: int) -> list[tuple[str, dict, str]]:
+    """The portfolio auto runs on this objective: (solver, options resolved against k, label)."""
+    base = GLOBAL if uses_global(objective, k) else RESTRICTED
+    return [(name, _resolve(opts, k), _label(name, opts)) for name, opts in base]
+
+
+def _label(name: str, opts: dict) -> str:
+    """e.g. "restricted-iobs(select=gradient, expand=k)" (symbolic sizes kept: comparable across k)."""
+    shown = ", ".join(f"{key}={v}" for key, v in opts.items() if key != "warm")
+    shown += ", from the best θ" if opts.get("warm") else ""
+    return f"{name}({shown.lstrip(', ')})" if shown else name
+
+
+def _better(r: RecoveryResult, best: RecoveryResult | None) -> bool:
+    return best is None or r.objective < best.objective - 1e-12 * abs(best.objective)
+
+
+def _check_schedules(schedules):
+    if schedules is None:
+        return None
+    out = []
+    for item in schedules:
+        ok = isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], dict)
+        if not ok or item[0] not in SOLVERS or item[0] == "auto":
+            raise ValueError(
+                "schedules must be a list of (solver name, options dict) pairs with names from "
+                f"{sorted(set(SOLVERS) - {'auto'})}, got {item!r}"
+            )
+        out.append((item[0], dict(item[1]), _label(item[0], item[1])))
+    return out
+
+
+class _Auto(Solver):
+    """The portfolio meta-solver (registered as ``SOLVERS["auto"]``)."""
+
+    def run(self, p, theta_star, max_iter, opts) -> RecoveryResult:
+        if opts["stop"] not in STOPS:
+            raise ValueError(f"stop must be one of {list(STOPS)}, got {opts['stop']!r}")
+        rtol = float(opts["rtol"])
+        if not 0 <= rtol < 1:
+            raise ValueError(f"rtol must be a number in [0, 1), got {opts['rtol']!r}")
+        plan = _check_schedules(opts["schedules"]) or schedules_for(p.objective, p.k)
+        common = dict(max_iter=max_iter, tol=p.tol, theta_star=theta_star, damping=p.damping, seed=p.seed)
+        f_exact = rtol * float(p.objective.value(p.theta0))
+        return _portfolio(p.objective, p.k, p.theta0, plan, common, opts["stop"], f_exact)
+
+
+def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
+    """Non-quadratic f: replace θ by argmin f over supp θ (Newton on the support), so that the runs are
+    compared by the best loss of their supports; recorded as one more history entry and
+    ``options["refit"]`` = (f before, f after). Quadratic f: every schedule already returns the
+    minimiser on its support, nothing is done."""
+    if objective.is_quadratic or not bool(r.mask.any()):
+        return r
+    theta, _ = _fit_on_support(objective, r.theta, r.mask, damping, newton_iters=50, tol=1e-12)
+    f = float(objective.value(theta))
+    if not f < r.objective:
+        return r
+    last = dict(r.history[-1], iteration=r.history[-1]["iteration"] + 1, objective=f, support_changes=0)
+    if theta_star is not None:
+        dist, norm = float((theta - theta_star).norm()), float(theta_star.norm())
+        last.update(distance=dist, rel_distance=dist / norm if norm > 0 else None)
+    r.options = {**r.options, "refit": (r.objective, f)}
+    r.history, r.theta, r.n_iter = r.history + [last], theta, r.n_iter + 1
+    return r
+
+
+def _portfolio(objective, k, theta0, plan, common, stop, f_exact) -> RecoveryResult:
+    """Run the schedules in order, keep the lowest objective, stop early by the ``stop`` rule."""
+    runs, best = [], None
+    t_start = time.perf_counter()
+    for name, opts, label in plan:
+        opts = dict(opts)
+        start = best.theta if opts.pop("warm", False) and best is not None else theta0
+        t0 = time.perf_counter()
+        r = SOLVERS[name](objective, k, theta0=start, **common, **opts)
+        r = _refit(objective, r, common["damping"], common["theta_star"])
+        runs.append(
+            dict(
+                label=label,
+                objective=r.objective,
+                n_iter=r.n_iter,
+                converged=r.converged,
+                refit=r.options.get("refit"),
+                time=time.perf_counter() - t0,
+            )
+        )
+        same = best is not None and bool((r.mask == best.mask).all())
+        if _better(r, best):
+            best, best_label = r, label
+        if stop != "none" and best.objective <= f_exact:
+            break
+        if stop == "agree" and same:
+            break
+    return RecoveryResult(
+        theta=best.theta,
+        mask=best.mask,
+        n_iter=sum(x["n_iter"] for x in runs),
+        converged=best.converged,
+        history=best.history,
+        damping=best.damping,
+        solver="auto",
+        options={
+            "schedules": [x["label"] for x in runs],
+            "stop": stop,
+            "total_time": time.perf_counter() - t_start,
+        },
+        chosen=best_label,
+        runs=runs,
+    )
+
+
+auto = _Auto(
+    "auto",
+    None,
+    __doc__,
+    max_iter=None,
+    schedules=None,
+    stop="agree",
+    rtol=1e-20,
+)
