@@ -161,6 +161,9 @@ def test_config_round_trip_and_key():
         from_dict(PruneConfig, {"model": "m", "colour": 1})
     other = PruneConfig(model="m", include="*.q_proj,*.k_proj", out="elsewhere", eval="news")
     assert other.key() == cfg.key() and PruneConfig(model="m", seed=1).key() != PruneConfig(model="m").key()
+    # options added after runs were saved join the key only when set, so older resume states stay valid
+    assert PruneConfig(model="m", refit=True).key() != PruneConfig(model="m").key()
+    assert PruneConfig(model="m", warm="alps").key() != PruneConfig(model="m").key()
 
 
 def test_cli_prune_prints_table_and_refuses_existing_out(tmp_path, capsys):

@@ -6,6 +6,7 @@ line (generated from these fields), of the library and of what report.json recor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,6 +26,9 @@ METHODS = (*LAYER_SOLVERS, "iobs")
 _IOBS = "I-OBS (--method iobs); defaults = the best setting of the Table 2 search"
 
 # fields that do not change the pruned weights (left out of the resume key)
+# fields that join the resume key only when set (added after runs were saved under the older keys)
+_KEY_IF_SET = ("refit", "warm")
+
 _NOT_IN_KEY = (
     "out",
     "overwrite",
@@ -190,6 +194,10 @@ class PruneConfig:
         from iobs.config import to_dict
 
         d = {k: v for k, v in to_dict(self).items() if k not in _NOT_IN_KEY}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in _KEY_IF_SET:  # options added later: at their default, earlier keys stay valid
+            if d[name] == defaults[name]:
+                del d[name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
