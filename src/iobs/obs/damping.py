@@ -92,7 +92,8 @@ def cholesky_or_raise(M: torch.Tensor, name: str = "H") -> torch.Tensor:
     return L
 
 
-def _check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
+def check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
+    """A square, finite H with a non-negative diagonal and a finite percdamp >= 0, or a ValueError."""
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"{name} must be a square (d_in, d_in) matrix, got shape {tuple(H.shape)}")
     check_finite(name, H)
@@ -102,18 +103,25 @@ def _check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
         raise ValueError(f"{name} has negative diagonal entries; it must be X Xᵀ (positive semidefinite)")
 
 
+def fill_dead(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a copy of H with each dead input's diagonal entry set to 1, the dead mask): an input that is never
+    active has H_jj = 0; its weight gets no curvature of its own and is pruned first."""
+    dead = torch.diagonal(H) == 0
+    Hd = H.clone()
+    Hd.diagonal().masked_fill_(dead, 1)
+    return Hd, dead
+
+
 def _factor(H: torch.Tensor, percdamp: float, name: str, max_escalations: int, upper_of_inverse: bool):
     """Layer-Hessian factorisation under the policy: returns (Hinv or its upper Cholesky factor, λ)."""
-    _check_hessian(H, name, percdamp)
-    diag = torch.diagonal(H)
-    dead = diag == 0
+    check_hessian(H, name, percdamp)
+    H0, dead = fill_dead(H)
+    diag = torch.diagonal(H)  # mean over a contiguous copy: the reduction order λ has always had
     scale = float(torch.where(dead, torch.ones_like(diag), diag).mean())
 
     def attempt(lam):
-        Hd = H.clone()
-        dd = torch.diagonal(Hd)
-        dd.masked_fill_(dead, 1)
-        dd += lam
+        Hd = H0.clone()
+        torch.diagonal(Hd).add_(lam)
         out = None
         if upper_of_inverse:
             # Cholesky of the reversed matrix gives H_λ = R Rᵀ with R upper triangular, so

@@ -19,6 +19,7 @@ import torch
 
 from iobs._validate import check_finite, check_int_range
 from iobs.obs.curvature import Curvature
+from iobs.obs.damping import check_hessian, fill_dead
 from iobs.obs.projection import obs_project
 
 REFIT_SOLVERS = ("auto", "cholesky", "cg")
@@ -29,12 +30,8 @@ def damped_hessian(
 ) -> tuple[Curvature, torch.Tensor]:
     """(H_λ as a dense Curvature, dead-input mask): dead diagonal entries set to 1, λ = percdamp · mean
     diag, escalated by the damping policy when the Cholesky fails."""
-    check_finite(name, H)
-    if not (0 <= float(percdamp) < float("inf")):
-        raise ValueError(f"percdamp must be a finite number >= 0, got {percdamp!r}")
-    dead = torch.diagonal(H) == 0
-    Hd = H.clone()
-    Hd.diagonal().masked_fill_(dead, 1)
+    check_hessian(H, name, percdamp)
+    Hd, dead = fill_dead(H)
     lam = float(percdamp) * float(Hd.diagonal().mean())
     return Curvature.dense(Hd, lam, name=name), dead
 
