@@ -105,7 +105,7 @@ def check_hessian(H: torch.Tensor, name: str, percdamp: float) -> None:
 
 def fill_dead(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a copy of H with each dead input's diagonal entry set to 1, the dead mask): an input that is never
-    active has H_jj = 0; its weight gets no curvature of its own and is pruned first."""
+    active has H_jj = 0, so its weights cost nothing to zero (the solvers zero them)."""
     dead = torch.diagonal(H) == 0
     Hd = H.clone()
     Hd.diagonal().masked_fill_(dead, 1)
