@@ -177,3 +177,18 @@ def test_reduce_hook_runs_once_on_exit_and_not_after_an_error():
         with accumulate_hessians(layers, reduce=reduce):
             raise RuntimeError("boom")
     assert len(seen) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_walk_matches_cpu():
+    """The decoder walk with blocks visiting the GPU (model offloaded on the CPU) gives the CPU masks."""
+    ids = random_ids(3, 12, vocab=256, seed=1)
+    cpu, gpu = tiny_model("llama", dtype=D), tiny_model("llama", dtype=D)
+    solver = LayerSolver("sparsegpt", 0.5)
+    rc = prune_decoder(cpu, ids, solver, progress=False, device="cpu")
+    rg = prune_decoder(gpu, ids, solver, progress=False, device="cuda")
+    assert next(gpu.parameters()).device.type == "cpu"  # offload: the model stays where it was
+    for (name, a), b in zip(find_layers(cpu).items(), find_layers(gpu).values()):
+        assert torch.equal(get_weight(a) != 0, get_weight(b) != 0), name
+        torch.testing.assert_close(get_weight(b), get_weight(a), rtol=1e-8, atol=1e-10)
+    assert [r["error"] for r in rg] == pytest.approx([r["error"] for r in rc], rel=1e-8)
