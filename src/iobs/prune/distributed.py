@@ -62,11 +62,13 @@ def is_main() -> bool:
 
 
 def solve_cost(module: nn.Module) -> int:
-    """d_in² · (d_in + d_out): the flops of a layer solve (Cholesky of H, updates of W) up to a constant."""
+    """d_in · (d_in + d_out): the relative time of a SparseGPT layer solve as measured here on SmolLM2's
+    shapes (576..1536, one CPU thread: within ±6 % for q/k/gate/down), where the per-column updates
+    dominate; only the ranking matters (at d ≥ 4096 the d_in³ + d_out·d_in² flops rank the same way)."""
     from iobs.prune.layers import get_weight
 
     d_out, d_in = get_weight(module).shape
-    return d_in * d_in * (d_in + d_out)
+    return d_in * (d_in + d_out)
 
 
 @dataclass(frozen=True)
