@@ -74,7 +74,13 @@ def run_row(cmd: list[str], env: dict, log: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
-    return {"wall_s": wall, "peak_tree_rss_bytes": peak, "cpu_s": sum(cpu.values())}
+    workers = [t for pid, t in cpu.items() if pid != proc.pid] or [cpu.get(proc.pid, 0.0)]
+    return {
+        "wall_s": wall,
+        "peak_tree_rss_bytes": peak,
+        "cpu_s": sum(cpu.values()),
+        "max_proc_cpu_s": max(workers),
+    }
 
 
 def has_stream_flag() -> bool:
@@ -120,11 +126,13 @@ def synthetic_dir(depth: int, work: Path) -> Path:
 
 
 def prune_cmd(model: Path, flags: list[str], threads: int, args, out: Path) -> list[str]:
-    method = args.method if "synthetic" not in str(model) else args.depth_method
+    synthetic = "synthetic" in str(model)
+    method = args.depth_method if synthetic else args.method
+    ev = [] if synthetic else ["--eval", "wiki-test", "--eval-max-windows", str(args.eval_windows)]
     return [
         python(), "-m", "iobs.cli", "prune", str(model), "--method", method, "--sparsity", "0.5",
         "--calib", "wiki", "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-        "--threads", str(threads), "--quiet", "--out", str(out), *flags,
+        "--threads", str(threads), "--quiet", "--out", str(out), *ev, *flags,
     ]  # fmt: skip
 
 
@@ -186,6 +194,7 @@ def run_all(args, done: dict, jsonl: Path) -> None:
                 ),
             }
             report = json.loads((out / "report.json").read_text())
+            rec["ppl"] = {k: v["ppl"] for k, v in report.get("eval", {}).items()}
             rec.update(
                 timings=report["timings"], out=str(out), load_before=load, load_after=os.getloadavg()[0]
             )
@@ -193,6 +202,8 @@ def run_all(args, done: dict, jsonl: Path) -> None:
             if ref and ref in done and "out" in done[ref]:
                 rec["vs_ref"] = compare(Path(done[ref]["out"]), out)
         rec["settings"] = settings(args)
+        if args.note:
+            rec["note"] = args.note
         done[name] = rec
         with open(jsonl, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -205,6 +216,7 @@ def settings(args) -> dict:
         "depth_method": args.depth_method,
         "nsamples": args.nsamples,
         "seqlen": args.seqlen,
+        "eval_windows": args.eval_windows,
     }
 
 
@@ -218,37 +230,53 @@ def load_done(jsonl: Path, args) -> dict:
     return done
 
 
+COLUMNS = (
+    "row", "wall s", "prune s", "CPU s: all / busiest process", "load before / after", "peak RSS GiB",
+    "speedup: wall / prune / CPU path", "RSS ratio", "ppl wiki-test", "masks agree", "max abs dW",
+    "bit-identical",
+)  # fmt: skip
+
+
+def _cells(rec: dict, ref: dict) -> list[str]:
+    """The table cells of one finished row; ratios against ``ref`` (empty when it is the reference)."""
+    t = rec["timings"]
+    speed = rss = ""
+    if "wall_s" in ref:
+        cpu_path = ref["max_proc_cpu_s"] / rec["max_proc_cpu_s"]
+        speed = (
+            f"{ref['wall_s'] / rec['wall_s']:.2f}x / {ref['timings']['prune_s'] / t['prune_s']:.2f}x / "
+            f"{cpu_path:.2f}x"
+        )
+        rss = f"{rec['peak_tree_rss_bytes'] / ref['peak_tree_rss_bytes']:.2f}"
+    v = rec.get("vs_ref", {})
+    return [
+        f"{rec['wall_s']:.1f}",
+        f"{t['prune_s']:.1f}",
+        f"{rec['cpu_s']:.0f} / {rec['max_proc_cpu_s']:.0f}",
+        f"{rec['load_before']:.1f} / {rec['load_after']:.1f}",
+        f"{rec['peak_tree_rss_bytes'] / 2**30:.2f}",
+        speed,
+        rss,
+        ", ".join(f"{p:.3f}" for p in rec.get("ppl", {}).values()),
+        f"{v['mask_agreement']:.4f}" if "mask_agreement" in v else "",
+        f"{v['max_abs_dw']:.3g}" if "max_abs_dw" in v else "",
+        str(v.get("bit_identical", "")),
+    ]
+
+
 def table(done: dict) -> str:
     """One line per row: time, memory, ratios against the row's reference, output agreement."""
-    lines = [
-        "| row | wall s | prune s | CPU s (tree) | load before/after | peak RSS GiB | speedup (wall/prune) "
-        "| RSS ratio | masks agree | max abs dW | bit-identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for name in ROWS:
         rec = done.get(name)
         if rec is None:
             continue
         if "pending" in rec:
-            lines.append(f"| {name} | pending: {rec['pending']} | | | | | | | | | |")
-            continue
-        ref = done.get(reference(name) or "", {})
-        speed = rss = ""
-        if "wall_s" in ref:
-            speed = (
-                f"{ref['wall_s'] / rec['wall_s']:.2f}x / "
-                f"{ref['timings']['prune_s'] / rec['timings']['prune_s']:.2f}x"
-            )
-            rss = f"{rec['peak_tree_rss_bytes'] / ref['peak_tree_rss_bytes']:.2f}"
-        v = rec.get("vs_ref", {})
-        agree = f"{v['mask_agreement']:.6f}" if "mask_agreement" in v else ""
-        dw = f"{v['max_abs_dw']:.3g}" if "max_abs_dw" in v else ""
-        same = str(v.get("bit_identical", "")) if v else ""
-        load = f"{rec['load_before']:.1f} / {rec['load_after']:.1f}"
-        lines.append(
-            f"| {name} | {rec['wall_s']:.1f} | {rec['timings']['prune_s']:.1f} | {rec['cpu_s']:.0f} | "
-            f"{load} | {rec['peak_tree_rss_bytes'] / 2**30:.2f} | {speed} | {rss} | {agree} | {dw} | {same} |"
-        )
+            cells = [f"pending: {rec['pending']}"] + [""] * (len(COLUMNS) - 2)
+        else:
+            cells = _cells(rec, done.get(reference(name) or "", {}))
+        label = f"{name} ({rec['note']})" if rec.get("note") else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -256,11 +284,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nsamples", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument(
+        "--eval-windows", type=int, default=8, help="wiki-test windows (of --seqlen) per SmolLM2 row"
+    )
     p.add_argument("--method", default="sparsegpt", help="layer solver of the SmolLM2 rows")
     p.add_argument("--depth-method", default="magnitude", help="layer solver of the synthetic-depth rows")
     p.add_argument("--rows", type=lambda s: s.split(";"), default=list(ROWS), help="';'-separated row names")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "iobs-scale"))
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--note", default="", help="shown beside the rows this invocation runs (e.g. which tree)")
     args = p.parse_args(argv)
     bad = [r for r in args.rows if r not in ROWS]
     if bad:

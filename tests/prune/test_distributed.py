@@ -11,7 +11,7 @@ from iobs.models.tiny import tiny_model
 from iobs.prune import distributed
 from iobs.prune.config import PruneConfig
 from iobs.prune.decoder import prune_decoder
-from iobs.prune.dense_step import newton_step
+from iobs.prune.dense_step import finetune_step, newton_step
 from iobs.prune.layers import find_layers, get_weight
 from iobs.prune.solve import LayerSolver
 
@@ -27,9 +27,20 @@ def _walk_worker(arch: str, sequential: str, pattern: str | None) -> dict:
     records = prune_decoder(model, ids, solver, sequential=sequential, progress=False, device="cpu")
     walked = {n: get_weight(m).clone() for n, m in find_layers(model).items()}
     batches = list(random_ids(3, 10, vocab=256, seed=3).split(1))
-    step = newton_step(model, batches, _lm_loss, lr=0.1, group=distributed.active())
+    group = distributed.active()
+    step = newton_step(model, batches, _lm_loss, lr=0.1, group=group)
     stepped = {n: get_weight(m).clone() for n, m in find_layers(model).items()}
-    return {"records": records, "walked": walked, "stepped": stepped, "loss": step["loss_before"]}
+    # fine-tuning, data-parallel: one step on the mean gradient of R batches = one step on their union
+    pair = list(random_ids(2, 10, vocab=256, seed=5).split(1))
+    finetune_step(model, pair if group else [torch.cat(pair)], _lm_loss, lr=1e-3, group=group)
+    tuned = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {
+        "records": records,
+        "walked": walked,
+        "stepped": stepped,
+        "loss": step["loss_before"],
+        "tuned": tuned,
+    }
 
 
 def _lm_loss(model, ids):
@@ -57,6 +68,8 @@ def _compare(one: dict, two: dict, tol: float) -> None:
     for r1, r2 in zip(one["records"], two["records"]):
         assert r2["error"] == pytest.approx(r1["error"], rel=1e-9)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-12)
+    for name, p in one["tuned"].items():
+        torch.testing.assert_close(two["tuned"][name], p, rtol=1e-9, atol=1e-11)
 
 
 CASES = {"llama": ("llama", "block", None), "opt": ("opt", "true", "2:4")}
