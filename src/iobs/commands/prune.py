@@ -112,7 +112,9 @@ def worker(config: dict, threads: int | None, progress: bool) -> dict | None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _set_threads(threads)
     report = prune(from_dict(PruneConfig, config), progress=progress)
-    return report if distributed.is_main() else None
+    main = distributed.is_main()
+    distributed.shutdown()
+    return report if main else None
 
 
 def run(args) -> int:
@@ -129,6 +131,7 @@ def run(args) -> int:
     else:
         _set_threads(args.threads)
         report = prune(config, progress=not args.quiet)
-    if distributed.is_main():
+    if distributed.is_main():  # under torchrun: rank 0 prints
         print(format_report(report, per_layer=args.layers))
+    distributed.shutdown()
     return 0

@@ -61,6 +61,13 @@ def is_main() -> bool:
     return g is None or g.rank == 0
 
 
+def shutdown() -> None:
+    """Wait for every rank (rank 0 may still be writing or evaluating), then leave the process group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def solve_cost(module: nn.Module) -> int:
     """d_in · (d_in + d_out): the relative time of a SparseGPT layer solve as measured here on SmolLM2's
     shapes (576..1536, one CPU thread: within ±6 % for q/k/gate/down), where the per-column updates
