@@ -34,6 +34,7 @@ ROWS = {
     "smollm2 in-memory, 1 proc x 2 threads": ("smollm2", 1, [], 2),
     "smollm2 --stream, 1 proc x 1 thread": ("smollm2", 1, ["--stream"], 1),
     "smollm2 --stream, 2 procs x 1 thread (gloo)": ("smollm2", 1, ["--stream", "--nproc", "2"], 1),
+    "smollm2 in-memory, 1 proc x 1 thread, samples reversed (float-order control)": ("control", 1, [], 1),
     "synthetic 1x depth in-memory": ("synthetic", 1, [], 1),
     "synthetic 4x depth in-memory": ("synthetic", 4, [], 1),
     "synthetic 1x depth --stream": ("synthetic", 1, ["--stream"], 1),
@@ -164,7 +165,7 @@ def compare(ref: Path, other: Path) -> dict:
 def reference(name: str) -> str | None:
     """The row another row is compared with: 1 process x 1 thread in memory, same model and depth."""
     kind, depth, flags, threads = ROWS[name]
-    if kind == "smollm2":
+    if kind in ("smollm2", "control"):
         ref = REFERENCE["smollm2"]
     else:
         ref = f"synthetic {depth}x depth in-memory"
@@ -182,17 +183,15 @@ def run_all(args, done: dict, jsonl: Path) -> None:
         if "--stream" in flags and not stream:
             rec = {"row": name, "pending": "this build's iobs prune has no --stream yet"}
         else:
-            model = smollm2_dir() if kind == "smollm2" else synthetic_dir(depth, work)
+            model = synthetic_dir(depth, work) if kind == "synthetic" else smollm2_dir()
             out = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
             shutil.rmtree(out, ignore_errors=True)
             print(f"running: {name}", flush=True)
             load = os.getloadavg()[0]
-            rec = {
-                "row": name,
-                **run_row(
-                    prune_cmd(model, flags, threads, args, out), _env(threads), work / f"{out.name}.log"
-                ),
-            }
+            cmd = prune_cmd(model, flags, threads, args, out)
+            if kind == "control":
+                cmd = [python(), str(Path(__file__).resolve()), "--control", json.dumps(cmd[3:])]
+            rec = {"row": name, **run_row(cmd, _env(threads), work / f"{out.name}.log")}
             report = json.loads((out / "report.json").read_text())
             rec["ppl"] = {k: v["ppl"] for k, v in report.get("eval", {}).items()}
             rec.update(
@@ -264,6 +263,28 @@ def _cells(rec: dict, ref: dict) -> list[str]:
     ]
 
 
+def phases(done: dict) -> str:
+    """Where the walk's time went, from each SmolLM2 row's report.json: the layer solves (per rank where
+    split), the Hessian passes and the rest of prune_s (capture + propagation of the pruned blocks)."""
+    lines = [
+        "| row | prune s | solves s (per rank) | H passes s | capture + propagation s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rec in done.items():
+        if "out" not in rec or ROWS[name][0] == "synthetic" or not Path(rec["out"], "report.json").exists():
+            continue
+        layers = json.loads(Path(rec["out"], "report.json").read_text())["layers"]
+        ranks = sorted({r.get("rank", 0) for r in layers})
+        per = [sum(r["seconds"] for r in layers if r.get("rank", 0) == k) for k in ranks]
+        h = sum(r["hessian_seconds"] for r in layers)
+        prune = rec["timings"]["prune_s"]
+        rest = prune - h - max(per)
+        lines.append(
+            f"| {name} | {prune:.1f} | {' / '.join(f'{x:.1f}' for x in per)} | {h:.1f} | {rest:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def table(done: dict) -> str:
     """One line per row: time, memory, ratios against the row's reference, output agreement."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -280,6 +301,26 @@ def table(done: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def control(prune_argv: list[str]) -> int:
+    """`iobs prune` with the calibration samples in reverse order: the same H up to the order of its float
+    sums, i.e. the size of difference any reordering (such as the split over processes) makes."""
+    import torch
+
+    import iobs.prune.decoder as decoder
+
+    walk = decoder.prune_decoder
+
+    def reversed_walk(model, calib_ids, *a, **kw):
+        return walk(model, torch.flip(calib_ids, dims=[0]), *a, **kw)
+
+    import iobs.prune.api as api
+
+    api.prune_decoder = reversed_walk
+    from iobs.cli import main as cli
+
+    return cli(prune_argv)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nsamples", type=int, default=8)
@@ -293,7 +334,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "iobs-scale"))
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--note", default="", help="shown beside the rows this invocation runs (e.g. which tree)")
+    p.add_argument("--control", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.control:
+        return control(json.loads(args.control))
     bad = [r for r in args.rows if r not in ROWS]
     if bad:
         p.error(f"--rows: unknown {bad}; allowed: {list(ROWS)}")
@@ -307,7 +351,7 @@ def main(argv=None) -> int:
         f"{args.method} 50 % on SmolLM2, {args.depth_method} 50 % on the synthetic rows; "
         "peak RSS = summed RSS of the process tree (0.1 s samples)\n\n"
     )
-    text += table(done)
+    text += table(done) + "\n" + phases(done)
     (RESULTS / "scale.md").write_text(text)
     print(text)
     return 0

