@@ -294,6 +294,55 @@ def phases(done: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def targets(done: dict) -> str:
+    """The issue's targets, each met or missed, from the rows present."""
+
+    def get(name, key):
+        rec = done.get(name, {})
+        return rec.get(key) if "pending" not in rec else None
+
+    out = []
+    one, two = "smollm2 in-memory, 1 proc x 1 thread", "smollm2 in-memory, 2 procs x 1 thread (gloo)"
+    if get(one, "wall_s") and get(two, "wall_s"):
+        w, p = (
+            done[one]["wall_s"] / done[two]["wall_s"],
+            done[one]["timings"]["prune_s"] / done[two]["timings"]["prune_s"],
+        )
+        verdict = (
+            "met"
+            if w >= 1.5
+            else ("met for the walk (prune_s), missed for the whole command" if p >= 1.5 else "missed")
+        )
+        out.append(
+            f"2 processes >= 1.5x one process x 1 thread: whole command {w:.2f}x, walk {p:.2f}x: {verdict}"
+        )
+    mem, st = (
+        get("smollm2 in-memory, 1 proc x 1 thread", "peak_tree_rss_bytes"),
+        get("smollm2 --stream, 1 proc x 1 thread", "peak_tree_rss_bytes"),
+    )
+    if mem and st:
+        out.append(
+            f"streaming peak RSS <= 40 % of in-memory on SmolLM2: {st / mem:.0%}: "
+            + ("met" if st <= 0.4 * mem else "missed")
+        )
+    a, b = (
+        get("synthetic 1x depth --stream", "peak_tree_rss_bytes"),
+        get("synthetic 4x depth --stream", "peak_tree_rss_bytes"),
+    )
+    if a and b:
+        out.append(
+            f"streaming peak RSS flat from 1x to 4x depth (+-10 %): {b / a - 1:+.0%}: "
+            + ("met" if abs(b / a - 1) <= 0.1 else "missed")
+        )
+    a, b = (
+        get("synthetic 1x depth in-memory", "peak_tree_rss_bytes"),
+        get("synthetic 4x depth in-memory", "peak_tree_rss_bytes"),
+    )
+    if a and b:
+        out.append(f"(in memory, 1x -> 4x depth: {b / a - 1:+.0%})")
+    return "".join(f"- target: {line}\n" for line in out)
+
+
 def table(done: dict) -> str:
     """One line per row: time, memory, ratios against the row's reference, output agreement."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -343,6 +392,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "iobs-scale"))
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--note", default="", help="shown beside the rows this invocation runs (e.g. which tree)")
+    p.add_argument("--header-note", action="append", default=[], help="a line for the table's header")
     p.add_argument("--control", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.control:
@@ -359,9 +409,10 @@ def main(argv=None) -> int:
     text += (
         f"- protocol (trimmed): {args.nsamples}x{args.seqlen} wiki calibration tokens, "
         f"{args.method} 50 % on SmolLM2, {args.depth_method} 50 % on the synthetic rows; "
-        "peak RSS = summed RSS of the process tree (0.1 s samples)\n\n"
+        "peak RSS = summed RSS of the process tree (0.1 s samples)\n"
     )
-    text += table(done) + "\n" + phases(done)
+    text += "".join(f"- {line}\n" for line in args.header_note) + "\n"
+    text += targets(done) + "\n" + table(done) + "\n" + phases(done)
     (RESULTS / "scale.md").write_text(text)
     print(text)
     return 0
