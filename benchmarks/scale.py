@@ -213,7 +213,7 @@ def fill_comparisons(done: dict, jsonl: Path) -> None:
     for name, rec in done.items():
         ref = done.get(reference(name) or "")
         if "out" in rec and "vs_ref" not in rec and ref and "out" in ref and Path(ref["out"]).exists():
-            rec["vs_ref"] = compare(Path(ref["out"]), Path(rec["out"]))
+            rec["vs_ref"], rec["filled"] = compare(Path(ref["out"]), Path(rec["out"])), True
             with open(jsonl, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
@@ -291,6 +291,28 @@ def phases(done: dict) -> str:
         lines.append(
             f"| {name} | {prune:.1f} | {' / '.join(f'{x:.1f}' for x in per)} | {h:.1f} | {rest:.1f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def runs(jsonl: Path, args, names: tuple[str, ...]) -> str:
+    """Every recorded run of ``names`` with these settings (the main table shows the latest): on a shared
+    machine the same row's time moves with the load, and the table should show how much."""
+    lines = [
+        "| run | row | wall s | prune s | CPU s: all / busiest | load before / after |",
+        "|---|---|---|---|---|---|",
+    ]
+    k = 0
+    for line in jsonl.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("row") in names and rec.get("settings") == settings(args) and "wall_s" in rec:
+            if rec.get("filled"):  # the same run again, with its comparison added
+                continue
+            k += 1
+            lines.append(
+                f"| {k} | {rec['row']} | {rec['wall_s']:.1f} | {rec['timings']['prune_s']:.1f} | "
+                f"{rec['cpu_s']:.0f} / {rec['max_proc_cpu_s']:.0f} | "
+                f"{rec['load_before']:.1f} / {rec['load_after']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -403,6 +425,10 @@ def main(argv=None) -> int:
     )
     text += "".join(f"- {line}\n" for line in args.header_note) + "\n"
     text += targets(done) + "\n" + table(done) + "\n" + phases(done)
+    text += "\nEvery run of the 1- and 2-process rows (the tables above show the latest):\n\n"
+    text += runs(
+        jsonl, args, ("smollm2 in-memory, 1 proc x 1 thread", "smollm2 in-memory, 2 procs x 1 thread (gloo)")
+    )
     (RESULTS / "scale.md").write_text(text)
     print(text)
     return 0
