@@ -87,7 +87,8 @@ def test_beats_its_first_schedule_on_equal_amplitudes():
         p = make_problem(64, 256, 13, "rademacher", seed=200 + seed)
         res = solve(p.objective(), 13, "auto")
         one = solve(p.objective(), 13, "restricted-iobs")
-        assert res.objective <= one.objective * (1 + 1e-9) + 1e-300
+        floor = 1e-24 * float(p.y @ p.y)  # exact fits differ by rounding only (fast path: numpy)
+        assert res.objective <= one.objective * (1 + 1e-9) + floor
         wins_auto += p.rel_error(res.theta) < 1e-4
         wins_one += p.rel_error(one.theta) < 1e-4
     assert wins_auto >= wins_one and wins_auto >= 5

@@ -25,6 +25,9 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+
+from iobs.recovery import fastls
 from iobs.recovery.result import RecoveryResult
 from iobs.recovery.solvers import SOLVERS, Solver, _fit_on_support
 
@@ -103,7 +106,9 @@ class _Auto(Solver):
         plan = _check_schedules(opts["schedules"]) or schedules_for(p.objective, p.k)
         common = dict(max_iter=max_iter, tol=p.tol, theta_star=theta_star, damping=p.damping, seed=p.seed)
         f_exact = rtol * float(p.objective.value(p.theta0))
-        return _portfolio(p.objective, p.k, p.theta0, plan, common, opts["stop"], f_exact)
+        if not isinstance(opts["fast"], bool):
+            raise ValueError(f"fast must be True or False, got {opts['fast']!r}")
+        return _portfolio(p.objective, p.k, p.theta0, plan, common, opts["stop"], f_exact, opts["fast"])
 
 
 def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
@@ -126,15 +131,39 @@ def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
     return r
 
 
-def _portfolio(objective, k, theta0, plan, common, stop, f_exact) -> RecoveryResult:
+def _run_one(objective, k, name, opts, start, common, ls) -> RecoveryResult:
+    """One schedule: on the numpy fast path (iobs.recovery.fastls: least squares on the CPU, the same
+    iterations) when ``ls`` is given and it serves the schedule, else the registered torch solver."""
+    if ls is None or name == "htp" or not fastls.serves(name, opts):
+        return SOLVERS[name](objective, k, theta0=start, **common, **opts)
+    max_iter = SOLVERS[name].max_iter if common["max_iter"] is None else common["max_iter"]
+    star = common["theta_star"]
+    out = fastls.run_schedule(
+        ls, name, opts, k, start.numpy(), max_iter, common["tol"], None if star is None else star.numpy()
+    )
+    theta = torch.from_numpy(out["theta"])
+    return RecoveryResult(
+        theta=theta,
+        mask=theta != 0,
+        n_iter=out["n_iter"],
+        converged=out["converged"],
+        history=out["history"],
+        damping=out["lam"],
+        solver=name,
+        options=dict(opts),
+    )
+
+
+def _portfolio(objective, k, theta0, plan, common, stop, f_exact, fast=True) -> RecoveryResult:
     """Run the schedules in order, keep the lowest objective, stop early by the ``stop`` rule."""
     runs, best = [], None
     t_start = time.perf_counter()
+    ls = fastls.LSData(objective) if fast and fastls.applies(objective, common["damping"]) else None
     for name, opts, label in plan:
         opts = dict(opts)
         start = best.theta if opts.pop("warm", False) and best is not None else theta0
         t0 = time.perf_counter()
-        r = SOLVERS[name](objective, k, theta0=start, **common, **opts)
+        r = _run_one(objective, k, name, opts, start, common, ls)
         r = _refit(objective, r, common["damping"], common["theta_star"])
         runs.append(
             dict(
@@ -179,4 +208,5 @@ auto = _Auto(
     schedules=None,
     stop="agree",
     rtol=1e-20,
+    fast=True,
 )
