@@ -201,6 +201,13 @@ def run_class(ci, c, sols, args, cells: Path, log):
             recs = json.loads(path.read_text())["records"]
         else:
             recs = _run_cell(ci, c, m, ki, k, sols, zeros, args)
+            old = Path(args.carry) / path.name if args.carry else None
+            if old is not None and old.exists():  # solvers not rerun: their records of an earlier pass
+                recs += [
+                    dict(r, carried=True)
+                    for r in json.loads(old.read_text())["records"]
+                    if r["solver"] not in sols
+                ]
             atomic_write_json(path, {"class": c, "name": class_name(c), "m": m, "k": k, "records": recs})
         for key in sols:
             rs = [r for r in recs if r["solver"] == key]
@@ -242,9 +249,16 @@ def load_cells(cells: Path, split: str) -> dict:
     return out
 
 
+def _cpu(r) -> float:
+    """The CPU time of a record (cells written before it was recorded: the wall time)."""
+    return r.get("cpu", r["time"])
+
+
 def _paired_ratio(rs, ref):
-    rt = {(r["k"], r["trial"]): r["time"] for r in ref}
-    pairs = [(r["time"], rt[(r["k"], r["trial"])]) for r in rs if (r["k"], r["trial"]) in rt]
+    """median time ÷ median time of ``ref`` over the problems both ran, CPU times of the same pass only
+    (records carried over from an earlier pass have no ratio)."""
+    rt = {(r["k"], r["trial"]): _cpu(r) for r in ref if "cpu" in r}
+    pairs = [(_cpu(r), rt[(r["k"], r["trial"])]) for r in rs if (r["k"], r["trial"]) in rt and "cpu" in r]
     return float(np.median([a for a, _ in pairs]) / np.median([b for _, b in pairs])) if pairs else None
 
 
@@ -270,7 +284,8 @@ def summarize(classes: dict, keys: list[str]) -> dict:
                 ks=ks,
                 mean=float(np.mean(rates)),
                 k50=rb.k_at_half(ks, rates),
-                time=float(np.median([r["time"] for r in rs])),
+                time=float(np.median([_cpu(r) for r in rs])),
+                wall=float(np.median([r["time"] for r in rs])),
                 iters=rb._med([r["iters"] for r in rs]),
                 rel=float(np.median([r["rel"] for r in rs])),
                 vs_abess=_paired_ratio(rs, [r for r in allrecs if r["solver"] == "abess"]),
@@ -315,6 +330,7 @@ def render(summary: dict, labels: dict, keys: list[str]) -> str:
                 "auto k@50%": _k(d["k50"]),
                 "peer k@50%": _k(row[best]["k50"]) if best else "—",
                 "auto ms": f"{d['time'] * 1e3:.3g}",
+                "auto wall ms": f"{d['wall'] * 1e3:.3g}",
                 "÷ abess": rb._fmt_ratio(ratio),
                 "÷ abess-rs": rb._fmt_ratio(d["vs_abess_rs"]),
                 "rate ≥ peer": "PASS" if ok_rate else "MISS",
@@ -434,6 +450,11 @@ def main(argv=None) -> int:
     ap.add_argument("--solvers", default=None, help="comma-separated keys (default: all)")
     ap.add_argument("--classes", default=None, help="comma-separated indices into the grid")
     ap.add_argument("--render", action="store_true", help="only rebuild the table/PNG from --cells")
+    ap.add_argument(
+        "--carry",
+        default=None,
+        help="cells of an earlier pass: the records of the solvers not run now are copied",
+    )
     ap.add_argument("--no-skscope", action="store_true")
     args = ap.parse_args(argv)
     args.trials = args.trials or (5 if args.quick else 20)
@@ -465,8 +486,9 @@ def main(argv=None) -> int:
         report_head(f"Recovery suite ({args.split} seeds)", argv)
         + f"N = {N}, {args.trials} trials per (class, k); success: rel. error < {rb.SUCCESS:g} (noiseless) "
         "or exact support (noisy). Class rate = mean over the class's k grid. Best peer among "
-        f"{', '.join(PEERS)}. Times: medians, ratios paired on the same problems, one thread.\n\n"
-        + render(summary, labels, list(sols))
+        f"{', '.join(PEERS)}. Times: medians of the CPU time of each solve (time.process_time; the wall "
+        "time of a solve longer than a scheduler slice also counts the other jobs on the shared machine), "
+        "ratios of medians paired on the same problems, one thread.\n\n" + render(summary, labels, list(sols))
     )
     emit(text, args.out)
     if args.out:

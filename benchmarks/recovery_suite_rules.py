@@ -19,6 +19,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -163,6 +164,8 @@ def load(cells: Path) -> dict:
     out: dict = {}
     for path in sorted(cells.glob("rules_*.json")):
         d = json.loads(path.read_text())
+        if d.get("pass2") != 3:
+            continue  # not through the second pass yet
         e = out.setdefault(d["name"], {"m": d["m"], "recs": []})
         e["recs"] += [dict(r, k=d["k"]) for r in d["records"]]
     return out
@@ -228,13 +231,60 @@ def rules() -> dict:
     r = {
         "old: 6 schedules, exact+agree": dict(order=ORDER),
         "old order, stop=none": dict(order=ORDER, exact=False, agree=False),
+        "old order, exact only": dict(order=ORDER, agree=False),
     }
+    for m in (1, 2, 3, 4):
+        r[f"old order, exact+agree, at most {m}"] = dict(order=ORDER, maxrun=m)
+    for i in (1, 2):
+        r[f"old order, exact+agree, {i} runs without a new best"] = dict(order=ORDER, idle=i)
+    orders = {
+        "gk,k8,sp,k2,htp,e1": ("gk", "k8", "sp", "k2", "htp", "e1"),
+        "sp,k8,gk,k2,htp,e1": ("sp", "k8", "gk", "k2", "htp", "e1"),
+        "k8,gk,k2,sp,e1,htp": ("k8", "gk", "k2", "sp", "e1", "htp"),
+        "k8,sp,gk,k2,htp,e1": ("k8", "sp", "gk", "k2", "htp", "e1"),
+        "k8,gk,sp,k2 (no htp, e1)": ("k8", "gk", "sp", "k2"),
+        "k8,gk,sp,k2,e1 (no htp)": ("k8", "gk", "sp", "k2", "e1"),
+        "k4,gk,sp,k2,htp,e1": ("k4", "gk", "sp", "k2", "htp", "e1"),
+        "k8,k8+e1,gk,sp,k2,htp,e1": ("k8", "k8+e1", "gk", "sp", "k2", "htp", "e1"),
+    }
+    for name, order in orders.items():
+        r[f"{name}, exact+agree"] = dict(order=order)
+        r[f"{name}, exact+agree, at most 3"] = dict(order=order, maxrun=3)
+        r[f"{name}, exact+agree, 2 runs without a new best"] = dict(order=order, idle=2)
+    for zc in (0.8, 0.9, 1.0):
+        r[f"old order, exact+agree, z ≤ {zc}·√(2 ln d/n)"] = dict(order=ORDER, zc=zc)
     return r
 
 
-def report(data, out=None) -> str:
+POOL = ("k8", "gk", "sp", "k2", "e1", "k4")
+
+
+def searched() -> dict:
+    """The search: every ordered triple and quadruple of POOL (exact + agree stops, nothing after the
+    last), and every quadruple followed by the rest of POOL with 1 or 2 runs without a new best."""
+    r = {}
+    for n in (3, 4):
+        for order in itertools.permutations(POOL, n):
+            r[",".join(order) + ", exact+agree"] = dict(order=order)
+    for order in itertools.permutations(POOL, 4):
+        rest = tuple(x for x in POOL if x not in order)
+        for idle in (1, 2):
+            r[",".join(order + rest) + f", exact+agree, {idle} without a new best"] = dict(
+                order=order + rest, idle=idle
+            )
+    return r
+
+
+def score(ev) -> tuple:
+    """Lexicographic: classes below the best peer, classes over 3x abess, Σ max(0, ratio − 3)."""
+    fails = sum(v["rate"] < v["peer"] - 1e-12 for v in ev.values())
+    slow = sum(v["ratio"] > 3 for v in ev.values())
+    return fails, slow, sum(max(0.0, v["ratio"] - 3) for v in ev.values())
+
+
+def report(data, out=None, search=False) -> str:
     rows = []
-    for name, rule in rules().items():
+    for name, rule in (searched() if search else rules()).items():
         ev = evaluate(data, rule)
         fails = [c for c, v in ev.items() if v["rate"] < v["peer"] - 1e-12]
         slow = [c for c, v in ev.items() if v["ratio"] > 3]
@@ -248,8 +298,13 @@ def report(data, out=None) -> str:
                 "median ratio": f"{np.median([v['ratio'] for v in ev.values()]):.2f}",
                 "max ratio": f"{max(v['ratio'] for v in ev.values()):.2f}",
                 "mean runs": f"{np.mean([v['runs'] for v in ev.values()]):.2f}",
+                "_score": score(ev),
             }
         )
+    if search:
+        rows.sort(key=lambda x: x["_score"])
+    for row in rows:
+        row.pop("_score")
     text = markdown_table(rows)
     if out:
         atomic_write_text(out, text)
@@ -264,8 +319,9 @@ if __name__ == "__main__":
     ap.add_argument("--simulate", action="store_true")
     ap.add_argument("--peers", action="store_true", help="second pass: peers and fast-path times")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--search", action="store_true", help="with --simulate: the searched rules, ranked")
     a = ap.parse_args()
     if a.simulate:
-        print(report(load(Path(a.cells)), a.out))
+        print(report(load(Path(a.cells)), a.out, a.search))
     else:
         collect(a)

@@ -1,23 +1,33 @@
 """``solver="auto"``: a portfolio of the registered solvers, chosen from n, d, k and the objective.
 
-Form. The global Newton forms need H = ∇²f well conditioned: with a design of n ≥ d rows (or an
-objective without one, e.g. a TorchObjective with a dense Hessian) and d ≤ ``GLOBAL_MAX_D``, auto runs
-I-OBS (Option 2, greedy OBS support), then restricted I-OBS started from its θ (single-swap
-refinement). With n < d, H has rank ≤ n and auto runs the restricted forms (Newton steps on a working
-set), with different working-set schedules, because which schedule wins depends on the signal class
-(measured in benchmarks/recovery_suite.py):
+Least squares (the rules chosen on the validation seeds of benchmarks/recovery_suite_rules.py, every
+rule tried listed in benchmarks/results/recovery_suite_val.md):
 
-    ⌈k/8⌉ second-order gains → k gradient coordinates → subspace pursuit → ⌈k/2⌉ gains → HTP
-    → one gain at a time
+* n < d (H = AᵀA has rank ≤ n): restricted I-OBS (Newton steps on a working set) with different
+  working-set schedules, because which one wins depends on the signal class, in the order
 
-Selection. Every schedule solves min f(θ) s.t. ‖θ‖₀ ≤ k from θ0; for a non-quadratic f (logistic)
-its θ is then refit by Newton steps on its support (the restricted forms stop on a stall with
-coefficients one Newton step from the support's optimum); the θ of lowest f is returned.
+      ⌈k/4⌉ second-order gains → k gradient coordinates → ⌈k/2⌉ gains → one gain at a time
+      → ⌈k/8⌉ gains → subspace pursuit;
+
+* n ≥ d, d ≤ ``GLOBAL_MAX_D`` (H full rank and small): I-OBS (Option 2, greedy OBS support), then
+  restricted I-OBS with single swaps from its θ;
+* n ≥ d, d > ``GLOBAL_MAX_D``: restricted I-OBS with ⌈k/4⌉ gains alone (at d = 256, n = 320 it was
+  both more accurate and 3-7x cheaper than the global form, whose greedy OBS support removes d − k
+  coordinates one at a time from a d×d inverse).
+
+Other objectives (logistic, TorchObjective) keep the first pass's portfolio: the global forms for
+n ≥ d (or no design) and d ≤ ``LEGACY_GLOBAL_MAX_D``, else ⌈k/8⌉ gains → k gradient coordinates → SP
+→ ⌈k/2⌉ gains → HTP → one gain, each run refit on its support (Newton) before the comparison.
+
+Selection. Every schedule solves min f(θ) s.t. ‖θ‖₀ ≤ k from θ0; the θ of lowest f is returned.
 Stopping (``stop``): ``"exact"`` ends the portfolio once f ≤ ``rtol``·f(θ0) (noiseless least squares:
-with 2k < n and a generic design no other k-sparse θ fits y); ``"agree"`` also ends it once a
-schedule returns the same support as the best one so far (two different searches at the same
-minimum); ``"none"`` runs every schedule. The result reports the choice (``chosen``), every run
-(``runs``), the total iterations (``n_iter``) and the time of all runs.
+with 2k < n and a generic design no other k-sparse θ fits y); ``"stall"`` also ends it at the first
+schedule that does not lower the best f (least-squares default); ``"agree"`` instead ends it once a
+schedule returns the same support as the best one so far (default of the other objectives);
+``"none"`` runs every schedule; ``"auto"`` (the default) is "stall" for least squares, else "agree".
+Least squares on the CPU in float64 runs the schedules on the numpy fast path of
+:mod:`iobs.recovery.fastls` (the same iterations; ``fast=False``: the torch solvers). The result
+reports the choice (``chosen``), every run (``runs``), the total iterations (``n_iter``) and the time.
 """
 
 from __future__ import annotations
@@ -33,10 +43,24 @@ from iobs.recovery.solvers import SOLVERS, Solver, _fit_on_support
 
 __all__ = ["auto", "schedules_for", "GLOBAL_MAX_D", "STOPS"]
 
-#: largest d for the global forms (they factor a d×d matrix)
-GLOBAL_MAX_D = 2048
-STOPS = ("exact", "agree", "none")
-#: the n < d portfolio, in order: (solver, options); "k/8", "k", "k/2" are resolved against k
+#: largest d for the global forms on least squares (above: restricted I-OBS, measured faster there)
+GLOBAL_MAX_D = 64
+#: largest d for the global forms on the other objectives (they factor a d×d matrix)
+LEGACY_GLOBAL_MAX_D = 2048
+STOPS = ("auto", "exact", "stall", "agree", "none")
+#: the least-squares n < d portfolio, in order: (solver, options); "k/8", "k/4", "k/2", "k" are
+#: resolved against k
+RESTRICTED_LS = (
+    ("restricted-iobs", {"expand": "k/4"}),
+    ("restricted-iobs", {"select": "gradient", "expand": "k"}),
+    ("restricted-iobs", {"expand": "k/2"}),
+    ("restricted-iobs", {"expand": 1}),
+    ("restricted-iobs", {"expand": "k/8"}),
+    ("subspace-pursuit", {}),
+)
+#: least squares with n ≥ d > GLOBAL_MAX_D
+WELL_POSED_LS = (("restricted-iobs", {"expand": "k/4"}),)
+#: the portfolio of the other objectives for n < d (the first pass's)
 RESTRICTED = (
     ("restricted-iobs", {"expand": "k/8"}),
     ("restricted-iobs", {"select": "gradient", "expand": "k"}),
@@ -50,21 +74,31 @@ GLOBAL = (("iobs", {"support": "greedy"}), ("restricted-iobs", {"expand": 1, "wa
 
 
 def _resolve(opts: dict, k: int) -> dict:
-    frac = {"k/8": 8, "k/2": 2, "k": 1}
+    frac = {"k/8": 8, "k/4": 4, "k/2": 2, "k": 1}
     return {
         key: max(1, math.ceil(k / frac[v])) if key == "expand" and v in frac else v for key, v in opts.items()
     }
 
 
 def uses_global(objective, k: int) -> bool:
-    """The global Newton forms when H can be full rank and factored: n ≥ d (or no design), d ≤ 2048."""
+    """The global Newton forms when H can be full rank and factored: n ≥ d (or no design) and d at most
+    GLOBAL_MAX_D (least squares) or LEGACY_GLOBAL_MAX_D (other objectives)."""
     n = getattr(objective, "n", None)
-    return objective.d <= GLOBAL_MAX_D and (n is None or n >= objective.d)
+    cap = GLOBAL_MAX_D if objective.least_squares else LEGACY_GLOBAL_MAX_D
+    return objective.d <= cap and (n is None or n >= objective.d)
+
+
+def _base(objective, k):
+    if uses_global(objective, k):
+        return GLOBAL
+    if not objective.least_squares:
+        return RESTRICTED
+    return WELL_POSED_LS if objective.n >= objective.d else RESTRICTED_LS
 
 
 def schedules_for(objective, k: int) -> list[tuple[str, dict, str]]:
     """The portfolio auto runs on this objective: (solver, options resolved against k, label)."""
-    base = GLOBAL if uses_global(objective, k) else RESTRICTED
+    base = _base(objective, k)
     return [(name, _resolve(opts, k), _label(name, opts)) for name, opts in base]
 
 
@@ -108,7 +142,10 @@ class _Auto(Solver):
         f_exact = rtol * float(p.objective.value(p.theta0))
         if not isinstance(opts["fast"], bool):
             raise ValueError(f"fast must be True or False, got {opts['fast']!r}")
-        return _portfolio(p.objective, p.k, p.theta0, plan, common, opts["stop"], f_exact, opts["fast"])
+        stop = opts["stop"]
+        if stop == "auto":
+            stop = "stall" if p.objective.least_squares else "agree"
+        return _portfolio(p.objective, p.k, p.theta0, plan, common, stop, f_exact, opts["fast"])
 
 
 def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
@@ -176,11 +213,12 @@ def _portfolio(objective, k, theta0, plan, common, stop, f_exact, fast=True) -> 
             )
         )
         same = best is not None and bool((r.mask == best.mask).all())
-        if _better(r, best):
+        improved = _better(r, best)
+        if improved:
             best, best_label = r, label
         if stop != "none" and best.objective <= f_exact:
             break
-        if stop == "agree" and same:
+        if (stop == "agree" and same) or (stop == "stall" and not improved):
             break
     return RecoveryResult(
         theta=best.theta,
@@ -206,7 +244,7 @@ auto = _Auto(
     __doc__,
     max_iter=None,
     schedules=None,
-    stop="agree",
+    stop="auto",
     rtol=1e-20,
     fast=True,
 )

@@ -75,7 +75,7 @@ def cholesky(M, name):
     """(L, λ): lower Cholesky factor of M + λI under the recovery auto-damping rule."""
     dg = M.diagonal()
     dmax = float(dg.max())
-    scale = max(float(dg.mean()), 1e-300) if dmax > 0 else 1.0
+    scale = max(float(dg.sum()) / dg.size, 1e-300) if dmax > 0 else 1.0
     lam = 0.0
     for step in range(MAX_ESCALATIONS + 1):
         try:
@@ -117,11 +117,11 @@ def greedy_obs_row(w, Hinv, n_prune):
     M = np.empty((t + 1, t + 1))
     M[:t, :t], M[:t, t], M[t, :t], M[t, t] = Hinv, w, w, 0.0
     pen = np.zeros(t)
+    wv, dg = M[:t, t], M.diagonal()[:t]  # views: they follow the in-place updates of M
     for _ in range(n_prune):
-        wv = M[:t, t]
-        i = int(np.argmin(pen + wv * (wv / M.diagonal()[:t])))
+        i = int((pen + wv * wv / dg).argmin())
         row = M[i].copy()
-        M -= np.outer(row, row * (1.0 / row[i]))
+        M -= row[:, None] * (row * (1.0 / row[i]))
         M[i, i], pen[i] = 1.0, math.inf
     keep = np.isfinite(pen)
     return np.where(keep, M[:t, t], 0.0), keep, M[:t, :t]
