@@ -429,6 +429,19 @@ def report_head(title: str, argv) -> str:
     )
 
 
+def _carried_note(cells: Path, split: str) -> str:
+    """A line naming the solvers whose records were carried over from an earlier pass (--carry)."""
+    carried = set()
+    for path in cells.glob(f"{split}_*.json"):
+        carried |= {r["solver"] for r in json.loads(path.read_text())["records"] if r.get("carried")}
+    if not carried:
+        return ""
+    return (
+        "Carried over from the first pass's cells (same code and seeds, deterministic rates; not rerun): "
+        f"{', '.join(sorted(carried))}; their times are that pass's wall times and have no ratio.\n\n"
+    )
+
+
 def emit(text: str, out) -> int:
     """Print the table and write it to ``out`` (when given)."""
     print(text)
@@ -488,7 +501,9 @@ def main(argv=None) -> int:
         "or exact support (noisy). Class rate = mean over the class's k grid. Best peer among "
         f"{', '.join(PEERS)}. Times: medians of the CPU time of each solve (time.process_time; the wall "
         "time of a solve longer than a scheduler slice also counts the other jobs on the shared machine), "
-        "ratios of medians paired on the same problems, one thread.\n\n" + render(summary, labels, list(sols))
+        "ratios of medians paired on the same problems, one thread.\n\n"
+        + _carried_note(cells, args.split)
+        + render(summary, labels, list(sols))
     )
     emit(text, args.out)
     if args.out:

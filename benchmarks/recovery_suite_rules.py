@@ -118,6 +118,42 @@ def retime(p, k, rec) -> None:
         rec[key] = dict(ok=r["ok"], time=r["cpu"])
 
 
+def collect_pt(args):
+    """The 200×1000 Gaussian phase transition (benchmarks/recovery.py's pt case) on validation seeds
+    7·10^6 + 100·k + t (its test seeds are 10^4·k + t): every schedule alone (numpy fast path, CPU
+    time) and abess, one cell per k."""
+    from iobs.recovery import fastls
+    from iobs.recovery.problems import phase_transition
+
+    cells = Path(args.cells)
+    cells.mkdir(parents=True, exist_ok=True)
+    for k in (60, 64, 68, 72, 76):
+        path = cells / f"pt_k{k}.json"
+        if path.exists():
+            continue
+        recs = []
+        for t in range(args.trials):
+            p = phase_transition(k, n=200, d=1000, seed=7_000_000 + 100 * k + t)
+            obj, rec = p.objective(), {"f0": 0.5 * float(p.y @ p.y)}
+            ls = fastls.LSData(obj)
+            for key, (name, opts, warm) in candidates(k, 200, 1000).items():
+                if warm or name == "htp":
+                    continue
+                t0 = time.process_time()
+                out = fastls.run_schedule(ls, name, opts, k, np.zeros(1000), SOLVERS[name].max_iter, 1e-10)
+                dt = time.process_time() - t0
+                th = torch.from_numpy(out["theta"])
+                ok = float((th - p.theta_star).norm() / p.theta_star.norm()) < 1e-4
+                rec[key] = dict(f=out["history"][-1]["objective"], ok=ok, time=dt, ftime=dt, it=out["n_iter"], z=0.0)
+            for key, fn in (("abess", suite.rb._abess(False)), ("abess-rs", suite.rb._abess(True))):
+                r = suite.run_one(key, suite._peer(fn), p, k, True)
+                rec[key] = dict(ok=r["ok"], time=r["cpu"])
+            rec.update(omp=rec["abess"], cosamp=rec["abess"], sp=rec["sp"], htp=rec["abess"])
+            recs.append(rec)
+        atomic_write_json(path, {"name": f"pt200x1000/k{k}", "m": 200, "k": k, "records": recs, "pass2": 3})
+        print(f"pt k={k}", file=sys.stderr, flush=True)
+
+
 def collect(args):
     cells = Path(args.cells)
     cells.mkdir(parents=True, exist_ok=True)
@@ -162,7 +198,7 @@ def collect(args):
 # ----------------------------------------------------------------------------------------------
 def load(cells: Path) -> dict:
     out: dict = {}
-    for path in sorted(cells.glob("rules_*.json")):
+    for path in sorted(cells.glob("rules_*.json")) + sorted(cells.glob("pt_*.json")):
         d = json.loads(path.read_text())
         if d.get("pass2") != 3:
             continue  # not through the second pass yet
@@ -171,11 +207,13 @@ def load(cells: Path) -> dict:
     return out
 
 
-def simulate(rec, order, exact=True, agree=True, zc=None, maxrun=None, idle=None, tkey="ftime"):
+def simulate(rec, order, exact=True, agree=True, zc=None, maxrun=None, idle=None, tkey="ftime", order_nd=None, minrun=0):
     """(ok, time, runs) of one rule on one problem: lowest f among the schedules run in ``order``.
     Stops: ``exact`` f ≤ 1e-20·f(0); ``agree`` a run with the best run's f (same support); ``zc`` the
     best run's z ≤ zc·√(2 ln d / n); ``maxrun`` runs; ``idle`` runs in a row without a new best."""
     best, total, runs, since = None, 0.0, 0, 0
+    if order_nd is not None and rec["n"] >= suite.N:
+        order = order_nd  # the n ≥ d classes
     thr = None if zc is None else zc * math.sqrt(2 * math.log(suite.N) / rec["n"])
     for key in order:
         if key not in rec:
@@ -188,7 +226,7 @@ def simulate(rec, order, exact=True, agree=True, zc=None, maxrun=None, idle=None
             best, since = r, 0
         else:
             since += 1
-        if idle is not None and since >= idle:
+        if idle is not None and since >= idle and runs >= minrun:
             break
         if exact and best["f"] <= 1e-20 * rec["f0"]:
             break
@@ -251,6 +289,20 @@ def rules() -> dict:
         r[f"{name}, exact+agree"] = dict(order=order)
         r[f"{name}, exact+agree, at most 3"] = dict(order=order, maxrun=3)
         r[f"{name}, exact+agree, 2 runs without a new best"] = dict(order=order, idle=2)
+    chosen = ("k4", "gk", "k2", "e1", "k8", "sp")
+    r["CHOSEN: k4,gk,k2,e1,k8,sp, exact + 1 without a new best; n ≥ d: k4 alone"] = dict(
+        order=chosen, idle=1, order_nd=("k4",)
+    )
+    nd = {
+        "glob,glob+e1 (first pass)": ("glob", "glob+e1"),
+        "glob,glob+e1,k4,gk,k2": ("glob", "glob+e1", "k4", "gk", "k2"),
+        "k4 alone": ("k4",),
+        "k8,k4": ("k8", "k4"),
+        "k4,k8,gk,k2": ("k4", "k8", "gk", "k2"),
+        "sp,k4,k8,gk": ("sp", "k4", "k8", "gk"),
+    }
+    for name, order in nd.items():
+        r[f"n ≥ d: {name}, exact + 1 without a new best"] = dict(order=chosen, idle=1, order_nd=order)
     for zc in (0.8, 0.9, 1.0):
         r[f"old order, exact+agree, z ≤ {zc}·√(2 ln d/n)"] = dict(order=ORDER, zc=zc)
     return r
@@ -320,7 +372,11 @@ if __name__ == "__main__":
     ap.add_argument("--peers", action="store_true", help="second pass: peers and fast-path times")
     ap.add_argument("--out", default=None)
     ap.add_argument("--search", action="store_true", help="with --simulate: the searched rules, ranked")
+    ap.add_argument("--pt", action="store_true", help="collect the 200×1000 phase transition instead")
     a = ap.parse_args()
+    if a.pt:
+        collect_pt(a)
+        sys.exit(0)
     if a.simulate:
         print(report(load(Path(a.cells)), a.out, a.search))
     else:
