@@ -8,7 +8,10 @@ uniform |x| ∈ [1, 2] / powerlaw j^-1; designs i.i.d. Gaussian, AR(1) ρ = 0.5,
 noise none (success: ‖θ − θ*‖/‖θ*‖ < 1e-4) or SNR 10/20/40 dB (success: exact support; the median
 relative error is reported too); aspect ratios m/N = 0.1, 0.25, 0.5. The grid is the sub-grid of
 GRID below (every amplitude × design at m/N = 0.25 noiseless; the aspect ratios and the SNRs on fewer
-designs), documented in the table. k runs over k/m ∈ {0.05, …, 0.45}; a solver at 0 % on two
+designs; appended later: SNR 10/40 dB and m/N = 0.1/0.5 on AR(0.8) and DCT, n = 1.25·N at 20 dB),
+documented in the table. Times: the CPU time of each solve (time.process_time) beside its wall time;
+``--carry DIR`` copies the records of the solvers not run now from an earlier pass's cells.
+k runs over k/m ∈ {0.05, …, 0.45}; a solver at 0 % on two
 consecutive k of a class is not run at larger k there (counted 0, marked).
 
 Seeds: ``--split val`` uses trials 1000+t (for choosing auto's rules), ``--split test`` uses

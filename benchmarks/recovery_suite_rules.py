@@ -2,7 +2,9 @@
 problem, then any ordering / stopping rule simulated offline from those runs.
 
     python benchmarks/recovery_suite_rules.py [--trials 10] [--cells DIR] [--classes 0,1,...]
-    python benchmarks/recovery_suite_rules.py --simulate [--cells DIR] [--out FILE]
+    python benchmarks/recovery_suite_rules.py --peers [--cells DIR]   (second pass: peers, CPU times)
+    python benchmarks/recovery_suite_rules.py --simulate [--search] [--cells DIR] [--out FILE]
+    python benchmarks/recovery_suite_rules.py --pt [--trials 50] --cells DIR2   (200×1000, val seeds)
 
 Problems: the classes of benchmarks/recovery_suite.py with the validation seeds 1000 + t (never the
 test seeds). Per problem and schedule (each from θ0 = 0 unless said): f(θ), success (the suite's rule),
@@ -144,7 +146,9 @@ def collect_pt(args):
                 dt = time.process_time() - t0
                 th = torch.from_numpy(out["theta"])
                 ok = float((th - p.theta_star).norm() / p.theta_star.norm()) < 1e-4
-                rec[key] = dict(f=out["history"][-1]["objective"], ok=ok, time=dt, ftime=dt, it=out["n_iter"], z=0.0)
+                rec[key] = dict(
+                    f=out["history"][-1]["objective"], ok=ok, time=dt, ftime=dt, it=out["n_iter"], z=0.0
+                )
             for key, fn in (("abess", suite.rb._abess(False)), ("abess-rs", suite.rb._abess(True))):
                 r = suite.run_one(key, suite._peer(fn), p, k, True)
                 rec[key] = dict(ok=r["ok"], time=r["cpu"])
@@ -207,10 +211,13 @@ def load(cells: Path) -> dict:
     return out
 
 
-def simulate(rec, order, exact=True, agree=True, zc=None, maxrun=None, idle=None, tkey="ftime", order_nd=None, minrun=0):
+def simulate(
+    rec, order, exact=True, agree=True, zc=None, maxrun=None, idle=None, tkey="ftime", order_nd=None, minrun=0
+):
     """(ok, time, runs) of one rule on one problem: lowest f among the schedules run in ``order``.
     Stops: ``exact`` f ≤ 1e-20·f(0); ``agree`` a run with the best run's f (same support); ``zc`` the
-    best run's z ≤ zc·√(2 ln d / n); ``maxrun`` runs; ``idle`` runs in a row without a new best."""
+    best run's z ≤ zc·√(2 ln d / n); ``maxrun`` runs; ``idle`` runs in a row without a new best (not
+    before ``minrun`` runs). ``order_nd``: the order used instead on the n ≥ N classes."""
     best, total, runs, since = None, 0.0, 0, 0
     if order_nd is not None and rec["n"] >= suite.N:
         order = order_nd  # the n ≥ d classes
