@@ -239,3 +239,22 @@ def test_least_squares_with_n_above_a_large_d_uses_one_restricted_schedule():
     p = make_problem(320, 256, 30, "rademacher", "ar0.8", seed=9)
     res = solve(p.objective(), 30, "auto")
     assert p.rel_error(res.theta) < 1e-8 and len(res.runs) == 1
+
+
+def test_refit_on_the_support_equals_the_solvers_newton_fit():
+    """auto's refit (H_SS from the low-rank factor) takes the Newton steps of solvers._fit_on_support
+    (which slices the d×d Hessian): the same θ to rounding, on the plain and the profiled logistic loss."""
+    from iobs.recovery.auto import _newton_on_support
+    from iobs.recovery.estimators import _ProfiledLogistic
+    from iobs.recovery.solvers import _fit_on_support
+
+    X, y, w = logistic_problem(120, 60, 5, scale=2.0, seed=11)
+    mask = w != 0
+    mask[:3] = True  # a support with three wrong coordinates too
+    start = torch.where(mask, torch.full_like(w, 0.1), torch.zeros_like(w))
+    for obj in (Logistic(X, y), _ProfiledLogistic(X, y, 0.0)):
+        ref = _fit_on_support(obj, start, mask, None, newton_iters=50, tol=1e-12)[0]
+        out = _newton_on_support(obj, start, mask, None)
+        assert torch.equal(out != 0, ref != 0)
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
+        assert float(obj.grad(out)[mask].norm()) < 1e-8

@@ -39,7 +39,7 @@ import torch
 
 from iobs.recovery import fastls
 from iobs.recovery.result import RecoveryResult
-from iobs.recovery.solvers import SOLVERS, Solver, _fit_on_support
+from iobs.recovery.solvers import SOLVERS, Solver, _damped_cholesky, _fit_on_support
 
 __all__ = ["auto", "schedules_for", "GLOBAL_MAX_D", "STOPS"]
 
@@ -148,6 +148,27 @@ class _Auto(Solver):
         return _portfolio(p.objective, p.k, p.theta0, plan, common, stop, f_exact, opts["fast"])
 
 
+def _newton_on_support(objective, theta, mask, damping, iters=50, tol=1e-12):
+    """argmin f over supp ⊆ mask: the damped Newton steps of solvers._fit_on_support, with
+    H_SS = B_SᵀB_S + cI taken from the low-rank factor (the d×d Hessian is never formed)."""
+    if not objective.has_lowrank_hessian:
+        return _fit_on_support(objective, theta, mask, damping, newton_iters=iters, tol=tol)[0]
+    idx = mask.nonzero().squeeze(1)
+    out = torch.zeros_like(theta)
+    out[idx] = theta[idx]
+    eye = torch.eye(idx.numel(), dtype=theta.dtype, device=theta.device)
+    for _ in range(iters):
+        g = objective.grad(out)[idx]
+        B, c = objective.hessian_factor(out)
+        BS = B[:, idx]
+        L, _ = _damped_cholesky(BS.T @ BS + c * eye, damping, "H_TT")
+        step = torch.cholesky_solve(g[:, None], L).squeeze(1)
+        out[idx] -= step
+        if float(step.norm()) <= tol * max(float(out.norm()), 1e-300):
+            break
+    return out
+
+
 def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
     """Non-quadratic f: replace θ by argmin f over supp θ (Newton on the support), so that the runs are
     compared by the best loss of their supports; recorded as one more history entry and
@@ -155,7 +176,7 @@ def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
     minimiser on its support, nothing is done."""
     if objective.is_quadratic or not bool(r.mask.any()):
         return r
-    theta, _ = _fit_on_support(objective, r.theta, r.mask, damping, newton_iters=50, tol=1e-12)
+    theta = _newton_on_support(objective, r.theta, r.mask, damping)
     f = float(objective.value(theta))
     if not f < r.objective:
         return r
