@@ -57,6 +57,10 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     checkpoint is saved. ``callback(i, records)`` is passed to the walk (runs after each block).
     """
     config.validate()
+    from iobs.prune.stream import prune_stream, wants_stream
+
+    if (streamed := wants_stream(config)) is not None:  # --stream, or the model would not fit in memory
+        return prune_stream(streamed, progress, callback)
     t_start = time.perf_counter()
     out = check_output_dir(config.out, config.overwrite) if config.out else None
     dev = resolve_device(config.device)
