@@ -214,3 +214,12 @@ def test_cli_stream(tmp_path, capsys):
     assert main([*argv, "--seqlen", "16", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
     assert "saved:" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["config"]["stream"] is True
+
+
+def test_stream_equals_in_memory_bfloat16_true_sequential(tmp_path):
+    src = save_source(tmp_path / "src", "llama", "20KB")
+    kw = dict(dtype="bfloat16", sequential="true", exclude=["*.o_proj"])
+    run(src, tmp_path / "mem", False, **kw)
+    run(src, tmp_path / "st", True, **kw)
+    assert_same_checkpoint(tmp_path / "mem", tmp_path / "st")
+    assert tensors(tmp_path / "st")["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16

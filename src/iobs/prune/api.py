@@ -55,6 +55,8 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     With ``config.out`` set, finished blocks are persisted in ``OUT.state-<key>`` and a rerun of the
     same configuration resumes after the last finished block; the state folder is removed once the
     checkpoint is saved. ``callback(i, records)`` is passed to the walk (runs after each block).
+    Streamed (``config.stream``, or a checkpoint too large for memory: :mod:`iobs.prune.stream`), the
+    model returned is the skeleton (blocks on the meta device): the pruned weights are in ``config.out``.
     """
     config.validate()
     from iobs.prune.stream import prune_stream, wants_stream
