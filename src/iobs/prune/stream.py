@@ -124,7 +124,7 @@ class SafetensorsSource:
         for cand in (name, name.removeprefix(prefix + ".") if prefix else name):
             if cand in self.weight_map:
                 return cand
-        raise KeyError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}")
+        raise ValueError(f"checkpoint {str(self.folder)!r} has no tensor {name!r}")
 
     def load(self, names: list[str]) -> dict[str, torch.Tensor]:
         """``{name: tensor}`` (on the CPU, as stored), each shard opened once and closed after."""
