@@ -375,11 +375,10 @@ def prune_stream(config, progress: bool = True, callback=None):
             }
             records = _one_shot(model, ids, config, dev, progress, {**walk, "placement": place})
         _finish(model, tokenizer, writer, tmp)
-        with clock("eval_s"):
-            pruned = SafetensorsSource(tmp)
-            evals = (
-                stream_evaluate(model, pruned, path, tokenizer, config, dev, progress) if config.eval else {}
-            )
+        with clock("eval_s"):  # the pruned blocks read back from the shards just written
+            evals = {}
+            if config.eval:
+                evals = stream_evaluate(model, SafetensorsSource(tmp), path, tokenizer, config, dev, progress)
         report = _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings)
         report["stream"] = {"blocks": len(blocks), "shards": writer.n, "checkpoint": str(folder)}
         timings["total_s"] = time.perf_counter() - t_start
