@@ -223,3 +223,17 @@ def test_stream_equals_in_memory_bfloat16_true_sequential(tmp_path):
     run(src, tmp_path / "st", True, **kw)
     assert_same_checkpoint(tmp_path / "mem", tmp_path / "st")
     assert tensors(tmp_path / "st")["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
+
+
+def test_one_block_in_memory_at_a_time(tmp_path, monkeypatch):
+    src = save_source(tmp_path / "src", "opt", layers=4)
+    seen, real = [], stream.StreamPlacement.visit
+
+    def visit(self, block, arrive):
+        real(self, block, arrive)
+        live = [i for i, b in enumerate(self.blocks) if any(p.device.type != "meta" for p in b.parameters())]
+        seen.append(live)
+
+    monkeypatch.setattr(stream.StreamPlacement, "visit", visit)
+    _, _, _ = prune_model(PruneConfig(model=str(src), out=str(tmp_path / "o"), stream=True, **SMALL), False)
+    assert seen == [[i] for i in range(4) for _ in (0, 1)]  # block i arrives, is written, then the next
