@@ -5,14 +5,19 @@ the meta device, buffers such as rotary frequencies real); the tensors outside t
 (embeddings, final norm, head; a tied head is the embedding) are loaded from the checkpoint's
 safetensors files. The decoder walk (:func:`iobs.prune.decoder.prune_decoder`) then runs unchanged
 with a placement that, for block i, loads its tensors with ``safetensors.safe_open`` before the walk
-uses it, and after the walk is done with it writes the pruned block as shard i + 2 of the output
-checkpoint and returns its parameters to the meta device. Peak memory ≈ embeddings/head + one block
+uses it, and after the walk is done with it writes the pruned block as its own shard of the output
+checkpoint (``model-<i+2>-of-<blocks+1>``; the first holds the tensors outside the blocks) and, when the
+next block arrives, returns its parameters to the meta device. Peak memory ≈ embeddings/head + one block
 + the calibration activations (nsamples × seqlen × hidden), independent of depth.
 
 Every computation is the in-memory walk's on the same tensors, so the pruned weights are identical bit
 for bit; the output is an ordinary sharded ``save_pretrained`` checkpoint (index json) written into
 ``OUT.tmp-XXXX`` and renamed into place when complete. Resume works block by block as in memory
 (the state folder is the same, so a streamed run can even resume an in-memory one).
+
+Memory discipline: glibc's mmap threshold is fixed at 1 MB and freed heap is trimmed after each
+block, else heap fragmentation grows the RSS with depth (measured: benchmarks/results/stream_rss.md).
+Only the one-shot layer solvers stream (``--method iobs`` trains the whole model: a config error).
 
 Evaluation (``--eval``) streams too: the evaluation windows are run through the blocks one block at
 a time (read back from the written checkpoint), holding windows × seqlen × hidden activations, and
@@ -211,7 +216,8 @@ def load_outside(model: nn.Module, source: SafetensorsSource, path: str, dtype) 
 
 class StreamPlacement(_Placement):
     """The walk's placement for a skeleton: block i is loaded from ``source`` onto the device when the
-    walk reaches it; when it leaves, it is written (``writer``: shard i + 1) and freed (meta device)."""
+    walk reaches it; when it leaves, it is written (``writer``: shard index i + 1) and, when the next block arrives,
+    freed (meta device)."""
 
     def __init__(self, model, blocks, device, offload, *, source, path, dtype, writer=None):
         super().__init__(model, blocks, device, offload)
