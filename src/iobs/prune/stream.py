@@ -216,8 +216,8 @@ def load_outside(model: nn.Module, source: SafetensorsSource, path: str, dtype) 
 
 class StreamPlacement(_Placement):
     """The walk's placement for a skeleton: block i is loaded from ``source`` onto the device when the
-    walk reaches it; when it leaves, it is written (``writer``: shard index i + 1) and, when the next block arrives,
-    freed (meta device)."""
+    walk reaches it; when it leaves, it is written (``writer``: shard index i + 1), and it is freed
+    (meta device) when the next block arrives."""
 
     def __init__(self, model, blocks, device, offload, *, source, path, dtype, writer=None):
         super().__init__(model, blocks, device, offload)
