@@ -55,8 +55,14 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     With ``config.out`` set, finished blocks are persisted in ``OUT.state-<key>`` and a rerun of the
     same configuration resumes after the last finished block; the state folder is removed once the
     checkpoint is saved. ``callback(i, records)`` is passed to the walk (runs after each block).
+    Streamed (``config.stream``, or a checkpoint too large for memory: :mod:`iobs.prune.stream`), the
+    model returned is the skeleton (blocks on the meta device): the pruned weights are in ``config.out``.
     """
     config.validate()
+    from iobs.prune.stream import prune_stream, wants_stream
+
+    if (streamed := wants_stream(config)) is not None:  # --stream, or the model would not fit in memory
+        return prune_stream(streamed, progress, callback)
     t_start = time.perf_counter()
     out = check_output_dir(config.out, config.overwrite) if config.out else None
     dev = resolve_device(config.device)

@@ -38,6 +38,8 @@ _NOT_IN_KEY = (
     "eval_dense",
     "device",
     "resume",
+    "stream",  # streaming gives the in-memory path's weights bit for bit
+    "auto_stream",
 )
 
 
@@ -83,6 +85,10 @@ class PruneConfig:
     out: str | None = option(None, "output folder for the pruned checkpoint and report.json", parse=str)
     overwrite: bool = option(False, "replace an existing --out folder")
     resume: bool = option(True, "ignore finished blocks of an interrupted run of the same configuration")
+    stream: bool = option(
+        False, "load, prune and write one decoder block at a time from the checkpoint on disk"
+    )
+    auto_stream: bool = option(True, "stream when the checkpoint would not fit in the available memory")
     eval: list[str] = option(
         default_factory=list, help="comma-separated: wiki-test, news, FILE", parse=csv_list
     )
@@ -132,7 +138,18 @@ class PruneConfig:
                 check_int_range(name, getattr(self, name), 1, 10**9)
         if self.method == "iobs":
             self._check_iobs()
+        if self.stream:
+            self._check_stream()
         return self
+
+    def _check_stream(self) -> None:
+        if self.method == "iobs":
+            raise ValueError(
+                "stream works with the one-shot layer solvers, not method='iobs' (its dense step trains the "
+                f"whole model at once); choose one of {', '.join(LAYER_SOLVERS)} or drop --stream"
+            )
+        if not self.out:
+            raise ValueError("stream writes each pruned block to the output checkpoint: give out (--out)")
 
     def _check_target(self) -> None:
         if self.pattern is not None and self.sparsity is not None:
