@@ -181,6 +181,11 @@ def run_all(args, done: dict, jsonl: Path) -> None:
             continue
         if "--stream" in flags and not stream:
             rec = {"row": name, "pending": "this build's iobs prune has no --stream yet"}
+        elif "--stream" in flags and "--nproc" in flags:
+            rec = {
+                "row": name,
+                "pending": "refused by iobs prune: the streamed walk has no distributed form yet",
+            }
         else:
             model = synthetic_dir(depth, work) if kind == "synthetic" else smollm2_dir()
             out = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")

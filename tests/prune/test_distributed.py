@@ -205,3 +205,17 @@ def test_cuda_walk_matches_cpu():
         assert torch.equal(get_weight(a) != 0, get_weight(b) != 0), name
         torch.testing.assert_close(get_weight(b), get_weight(a), rtol=1e-8, atol=1e-10)
     assert [r["error"] for r in rg] == pytest.approx([r["error"] for r in rc], rel=1e-8)
+
+
+def test_stream_with_several_processes_is_refused(monkeypatch, tmp_path):
+    from iobs.prune.api import prune
+
+    with pytest.raises(ValueError, match="stream runs in one process"):
+        PruneConfig(model="m", nproc=2, stream=True, out=str(tmp_path / "o"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
+    cfg = PruneConfig(
+        model="tiny-llama", stream=True, calib="random", nsamples=2, seqlen=8, out=str(tmp_path / "o")
+    )
+    with pytest.raises(ValueError, match="2 processes were started"):
+        prune(cfg, progress=False)
+    assert not (tmp_path / "o").exists()

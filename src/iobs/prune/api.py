@@ -55,8 +55,15 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     With ``config.out`` set, finished blocks are persisted in ``OUT.state-<key>`` and a rerun of the
     same configuration resumes after the last finished block; the state folder is removed once the
     checkpoint is saved. ``callback(i, records)`` is passed to the walk (runs after each block).
+    Streamed (``config.stream``, or a checkpoint too large for memory: :mod:`iobs.prune.stream`), the
+    model returned is the skeleton (blocks on the meta device): the pruned weights are in ``config.out``.
     """
     config.validate()
+    from iobs.prune.stream import prune_stream, wants_stream
+
+    if (streamed := wants_stream(config)) is not None:  # --stream, or the model would not fit in memory
+        _one_process("stream", config)
+        return prune_stream(streamed, progress, callback)
     t_start = time.perf_counter()
     out = check_output_dir(config.out, config.overwrite) if config.out else None
     dev = resolve_device(config.device)
@@ -126,6 +133,18 @@ class _Clock:
         if exc[0] is None:
             self.timings[self.name] = time.perf_counter() - self.t0
         return False
+
+
+def _one_process(what: str, config: PruneConfig) -> None:
+    """Refuse a path that has no distributed form yet inside several processes (torchrun / --nproc)."""
+    from iobs.prune import distributed
+
+    world = max(distributed.env_world(), config.nproc)
+    if world > 1:
+        raise ValueError(
+            f"{what} runs in one process, but {world} processes were started (torchrun or --nproc): "
+            "the streamed walk has no distributed form yet; run it in one process"
+        )
 
 
 def _join_group(config: PruneConfig, dev):

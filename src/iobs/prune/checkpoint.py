@@ -3,6 +3,8 @@
 * :func:`save_checkpoint` writes the pruned model (``save_pretrained``, safetensors), its tokenizer and
   report.json into ``OUT.tmp-XXXX`` beside ``OUT`` and renames it into place only when complete; an
   existing ``OUT`` is refused unless ``overwrite`` (then swapped out and removed after the rename).
+* :func:`staged_dir` is that write-then-rename for any folder; :class:`ShardWriter` writes a sharded
+  safetensors checkpoint shard by shard (the streaming path, :mod:`iobs.prune.stream`).
 * :class:`WalkState` persists the weights of every finished decoder block in a state folder next to
   ``OUT`` (named by the configuration hash), so an interrupted walk resumes after its last finished
   block: the stored weights are loaded and the block's activations recomputed.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -55,10 +58,7 @@ def save_checkpoint(
     Hugging Face models use ``save_pretrained`` (safetensors, loads back with ``from_pretrained``);
     any other module is written as ``model.safetensors`` (its state dict).
     """
-    out = check_output_dir(out, overwrite).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out, overwrite) as tmp:
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp)
         else:
@@ -69,6 +69,19 @@ def save_checkpoint(
             tokenizer.save_pretrained(tmp)
         if report is not None:
             atomic_write_json(tmp / REPORT, report)
+    return Path(out).absolute()
+
+
+@contextlib.contextmanager
+def staged_dir(out, overwrite: bool = False):
+    """``with staged_dir(out) as tmp:`` fill ``tmp`` (``OUT.tmp-XXXX`` beside ``out``); on success it is
+    renamed to ``out`` (an existing ``out`` only with ``overwrite``: swapped out, then removed), on any
+    error removed, so ``out`` never holds a half-written folder."""
+    out = check_output_dir(out, overwrite).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
         if out.exists():  # overwrite: swap, then remove the old folder
             old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
             os.replace(out, old / "x")
@@ -79,7 +92,43 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+
+
+class ShardWriter:
+    """A sharded safetensors checkpoint written one shard at a time (the layout ``save_pretrained``
+    writes and ``from_pretrained`` reads): ``model-0000k-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json`` (total size in bytes, parameter count, tensor -> shard map)."""
+
+    INDEX = "model.safetensors.index.json"
+
+    def __init__(self, folder, n_shards: int):
+        self.folder, self.n = Path(folder), n_shards
+        self.weight_map: dict[str, str] = {}
+        self.total_size = self.total_parameters = 0
+
+    def write(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Shard ``k`` (0-based) holding ``tensors`` (copied to the CPU, contiguous)."""
+        from safetensors.torch import save_file
+
+        if not 0 <= k < self.n:
+            raise ValueError(f"shard index must be in [0, {self.n}), got {k}")
+        name = f"model-{k + 1:05d}-of-{self.n:05d}.safetensors"
+        tensors = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
+        save_file(tensors, str(self.folder / name), metadata={"format": "pt"})
+        for n, t in tensors.items():
+            self.weight_map[n] = name
+            self.total_size += t.numel() * t.element_size()
+            self.total_parameters += t.numel()
+
+    def finish(self) -> None:
+        """The index json; every shard must have been written."""
+        written = set(self.weight_map.values())
+        if len(written) != self.n:
+            raise RuntimeError(f"sharded checkpoint incomplete: {len(written)} of {self.n} shards written")
+        meta = {"total_parameters": self.total_parameters, "total_size": self.total_size}
+        atomic_write_json(
+            self.folder / self.INDEX, {"metadata": meta, "weight_map": dict(sorted(self.weight_map.items()))}
+        )
 
 
 def peak_memory() -> dict:

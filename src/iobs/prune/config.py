@@ -39,6 +39,8 @@ _NOT_IN_KEY = (
     "device",
     "resume",
     "nproc",  # like device: changes H only by the order of its float sums
+    "stream",  # streaming gives the in-memory path's weights bit for bit
+    "auto_stream",
 )
 
 
@@ -85,6 +87,10 @@ class PruneConfig:
     out: str | None = option(None, "output folder for the pruned checkpoint and report.json", parse=str)
     overwrite: bool = option(False, "replace an existing --out folder")
     resume: bool = option(True, "ignore finished blocks of an interrupted run of the same configuration")
+    stream: bool = option(
+        False, "load, prune and write one decoder block at a time from the checkpoint on disk"
+    )
+    auto_stream: bool = option(True, "stream when the checkpoint would not fit in the available memory")
     eval: list[str] = option(
         default_factory=list, help="comma-separated: wiki-test, news, FILE", parse=csv_list
     )
@@ -140,7 +146,23 @@ class PruneConfig:
                 check_int_range(name, getattr(self, name), 1, 10**9)
         if self.method == "iobs":
             self._check_iobs()
+        if self.stream:
+            self._check_stream()
         return self
+
+    def _check_stream(self) -> None:
+        if self.method == "iobs":
+            raise ValueError(
+                "stream works with the one-shot layer solvers, not method='iobs' (its dense step trains the "
+                f"whole model at once); choose one of {', '.join(LAYER_SOLVERS)} or drop --stream"
+            )
+        if not self.out:
+            raise ValueError("stream writes each pruned block to the output checkpoint: give out (--out)")
+        if self.nproc > 1:
+            raise ValueError(
+                f"stream runs in one process: nproc={self.nproc} with stream is not supported yet (every "
+                "rank would write the checkpoint); drop --stream or --nproc"
+            )
 
     def _check_target(self) -> None:
         if self.pattern is not None and self.sparsity is not None:

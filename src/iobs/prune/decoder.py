@@ -314,6 +314,7 @@ def prune_decoder(
     state_dir=None,
     state_key: str = "",
     callback: Callable[[int, list[dict]], None] | None = None,
+    placement: Callable | None = None,
 ) -> list[dict]:
     """Prune every prunable layer inside the decoder blocks of a causal LM with ``solver``, in place.
 
@@ -323,7 +324,9 @@ def prune_decoder(
     are persisted there and a rerun with the same arguments resumes after the last finished block.
     ``callback(i, records)`` runs after block i is finished (and persisted). Inside a torch.distributed
     group of R > 1 processes (:mod:`iobs.prune.distributed`) each rank walks its shard of the samples,
-    the layer solves are spread over the ranks and only rank 0 persists the state.
+    the layer solves are spread over the ranks and only rank 0 persists the state. ``placement``: a
+    factory like :class:`_Placement` ``(model, blocks, device, offload)`` whose ``visit(block, arrive)``
+    may materialise block i before the walk uses it and release it after (the streaming path's hook).
     Returns one record per layer: name, block, shape, sparsity, zeros, error, rel_error, damping, seconds.
     """
     if sequential not in SEQUENTIAL:
@@ -347,7 +350,7 @@ def prune_decoder(
     was_training = model.training
     model.eval()
     try:
-        with _Placement(model, blocks, resolve_device(device), offload) as place:
+        with (placement or _Placement)(model, blocks, resolve_device(device), offload) as place:
             t0 = time.perf_counter()
             inputs = capture_block_inputs(model, blocks, calib_ids, place.dev)
             log.info("captured block inputs of %d samples in %.1fs", len(inputs), time.perf_counter() - t0)

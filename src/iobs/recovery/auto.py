@@ -1,23 +1,33 @@
 """``solver="auto"``: a portfolio of the registered solvers, chosen from n, d, k and the objective.
 
-Form. The global Newton forms need H = ∇²f well conditioned: with a design of n ≥ d rows (or an
-objective without one, e.g. a TorchObjective with a dense Hessian) and d ≤ ``GLOBAL_MAX_D``, auto runs
-I-OBS (Option 2, greedy OBS support), then restricted I-OBS started from its θ (single-swap
-refinement). With n < d, H has rank ≤ n and auto runs the restricted forms (Newton steps on a working
-set), with different working-set schedules, because which schedule wins depends on the signal class
-(measured in benchmarks/recovery_suite.py):
+Least squares (the rules chosen on the validation seeds of benchmarks/recovery_suite_rules.py, every
+rule tried listed in benchmarks/results/recovery_suite_val.md):
 
-    ⌈k/8⌉ second-order gains → k gradient coordinates → subspace pursuit → ⌈k/2⌉ gains → HTP
-    → one gain at a time
+* n < d (H = AᵀA has rank ≤ n): restricted I-OBS (Newton steps on a working set) with different
+  working-set schedules, because which one wins depends on the signal class, in the order
 
-Selection. Every schedule solves min f(θ) s.t. ‖θ‖₀ ≤ k from θ0; for a non-quadratic f (logistic)
-its θ is then refit by Newton steps on its support (the restricted forms stop on a stall with
-coefficients one Newton step from the support's optimum); the θ of lowest f is returned.
+      ⌈k/4⌉ second-order gains → k gradient coordinates → ⌈k/2⌉ gains → one gain at a time
+      → ⌈k/8⌉ gains → subspace pursuit;
+
+* n ≥ d, d ≤ ``GLOBAL_MAX_D`` (H full rank and small): I-OBS (Option 2, greedy OBS support), then
+  restricted I-OBS with single swaps from its θ;
+* n ≥ d, d > ``GLOBAL_MAX_D``: restricted I-OBS with ⌈k/4⌉ gains alone (at d = 256, n = 320 it was
+  both more accurate and 3-7x cheaper than the global form, whose greedy OBS support removes d − k
+  coordinates one at a time from a d×d inverse).
+
+Other objectives (logistic, TorchObjective) keep the first pass's portfolio: the global forms for
+n ≥ d (or no design) and d ≤ ``LEGACY_GLOBAL_MAX_D``, else ⌈k/8⌉ gains → k gradient coordinates → SP
+→ ⌈k/2⌉ gains → HTP → one gain, each run refit on its support (Newton) before the comparison.
+
+Selection. Every schedule solves min f(θ) s.t. ‖θ‖₀ ≤ k from θ0; the θ of lowest f is returned.
 Stopping (``stop``): ``"exact"`` ends the portfolio once f ≤ ``rtol``·f(θ0) (noiseless least squares:
-with 2k < n and a generic design no other k-sparse θ fits y); ``"agree"`` also ends it once a
-schedule returns the same support as the best one so far (two different searches at the same
-minimum); ``"none"`` runs every schedule. The result reports the choice (``chosen``), every run
-(``runs``), the total iterations (``n_iter``) and the time of all runs.
+with 2k < n and a generic design no other k-sparse θ fits y); ``"stall"`` also ends it at the first
+schedule that does not lower the best f (least-squares default); ``"agree"`` instead ends it once a
+schedule returns the same support as the best one so far (default of the other objectives);
+``"none"`` runs every schedule; ``"auto"`` (the default) is "stall" for least squares, else "agree".
+Least squares on the CPU in float64 runs the schedules on the numpy fast path of
+:mod:`iobs.recovery.fastls` (the same iterations; ``fast=False``: the torch solvers). The result
+reports the choice (``chosen``), every run (``runs``), the total iterations (``n_iter``) and the time.
 """
 
 from __future__ import annotations
@@ -25,15 +35,32 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+
+from iobs.recovery import fastls
 from iobs.recovery.result import RecoveryResult
-from iobs.recovery.solvers import SOLVERS, Solver, _fit_on_support
+from iobs.recovery.solvers import SOLVERS, Solver, _damped_cholesky, _fit_on_support
 
 __all__ = ["auto", "schedules_for", "GLOBAL_MAX_D", "STOPS"]
 
-#: largest d for the global forms (they factor a d×d matrix)
-GLOBAL_MAX_D = 2048
-STOPS = ("exact", "agree", "none")
-#: the n < d portfolio, in order: (solver, options); "k/8", "k", "k/2" are resolved against k
+#: largest d for the global forms on least squares (above: restricted I-OBS, measured faster there)
+GLOBAL_MAX_D = 64
+#: largest d for the global forms on the other objectives (they factor a d×d matrix)
+LEGACY_GLOBAL_MAX_D = 2048
+STOPS = ("auto", "exact", "stall", "agree", "none")
+#: the least-squares n < d portfolio, in order: (solver, options); "k/8", "k/4", "k/2", "k" are
+#: resolved against k
+RESTRICTED_LS = (
+    ("restricted-iobs", {"expand": "k/4"}),
+    ("restricted-iobs", {"select": "gradient", "expand": "k"}),
+    ("restricted-iobs", {"expand": "k/2"}),
+    ("restricted-iobs", {"expand": 1}),
+    ("restricted-iobs", {"expand": "k/8"}),
+    ("subspace-pursuit", {}),
+)
+#: least squares with n ≥ d > GLOBAL_MAX_D
+WELL_POSED_LS = (("restricted-iobs", {"expand": "k/4"}),)
+#: the portfolio of the other objectives for n < d (the first pass's)
 RESTRICTED = (
     ("restricted-iobs", {"expand": "k/8"}),
     ("restricted-iobs", {"select": "gradient", "expand": "k"}),
@@ -47,21 +74,31 @@ GLOBAL = (("iobs", {"support": "greedy"}), ("restricted-iobs", {"expand": 1, "wa
 
 
 def _resolve(opts: dict, k: int) -> dict:
-    frac = {"k/8": 8, "k/2": 2, "k": 1}
+    frac = {"k/8": 8, "k/4": 4, "k/2": 2, "k": 1}
     return {
         key: max(1, math.ceil(k / frac[v])) if key == "expand" and v in frac else v for key, v in opts.items()
     }
 
 
 def uses_global(objective, k: int) -> bool:
-    """The global Newton forms when H can be full rank and factored: n ≥ d (or no design), d ≤ 2048."""
+    """The global Newton forms when H can be full rank and factored: n ≥ d (or no design) and d at most
+    GLOBAL_MAX_D (least squares) or LEGACY_GLOBAL_MAX_D (other objectives)."""
     n = getattr(objective, "n", None)
-    return objective.d <= GLOBAL_MAX_D and (n is None or n >= objective.d)
+    cap = GLOBAL_MAX_D if objective.least_squares else LEGACY_GLOBAL_MAX_D
+    return objective.d <= cap and (n is None or n >= objective.d)
+
+
+def _base(objective, k):
+    if uses_global(objective, k):
+        return GLOBAL
+    if not objective.least_squares:
+        return RESTRICTED
+    return WELL_POSED_LS if objective.n >= objective.d else RESTRICTED_LS
 
 
 def schedules_for(objective, k: int) -> list[tuple[str, dict, str]]:
     """The portfolio auto runs on this objective: (solver, options resolved against k, label)."""
-    base = GLOBAL if uses_global(objective, k) else RESTRICTED
+    base = _base(objective, k)
     return [(name, _resolve(opts, k), _label(name, opts)) for name, opts in base]
 
 
@@ -103,7 +140,33 @@ class _Auto(Solver):
         plan = _check_schedules(opts["schedules"]) or schedules_for(p.objective, p.k)
         common = dict(max_iter=max_iter, tol=p.tol, theta_star=theta_star, damping=p.damping, seed=p.seed)
         f_exact = rtol * float(p.objective.value(p.theta0))
-        return _portfolio(p.objective, p.k, p.theta0, plan, common, opts["stop"], f_exact)
+        if not isinstance(opts["fast"], bool):
+            raise ValueError(f"fast must be True or False, got {opts['fast']!r}")
+        stop = opts["stop"]
+        if stop == "auto":
+            stop = "stall" if p.objective.least_squares else "agree"
+        return _portfolio(p.objective, p.k, p.theta0, plan, common, stop, f_exact, opts["fast"])
+
+
+def _newton_on_support(objective, theta, mask, damping, iters=50, tol=1e-12):
+    """argmin f over supp ⊆ mask: the damped Newton steps of solvers._fit_on_support, with
+    H_SS = B_SᵀB_S + cI taken from the low-rank factor (the d×d Hessian is never formed)."""
+    if not objective.has_lowrank_hessian:
+        return _fit_on_support(objective, theta, mask, damping, newton_iters=iters, tol=tol)[0]
+    idx = mask.nonzero().squeeze(1)
+    out = torch.zeros_like(theta)
+    out[idx] = theta[idx]
+    eye = torch.eye(idx.numel(), dtype=theta.dtype, device=theta.device)
+    for _ in range(iters):
+        g = objective.grad(out)[idx]
+        B, c = objective.hessian_factor(out)
+        BS = B[:, idx]
+        L, _ = _damped_cholesky(BS.T @ BS + c * eye, damping, "H_TT")
+        step = torch.cholesky_solve(g[:, None], L).squeeze(1)
+        out[idx] -= step
+        if float(step.norm()) <= tol * max(float(out.norm()), 1e-300):
+            break
+    return out
 
 
 def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
@@ -113,7 +176,7 @@ def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
     minimiser on its support, nothing is done."""
     if objective.is_quadratic or not bool(r.mask.any()):
         return r
-    theta, _ = _fit_on_support(objective, r.theta, r.mask, damping, newton_iters=50, tol=1e-12)
+    theta = _newton_on_support(objective, r.theta, r.mask, damping)
     f = float(objective.value(theta))
     if not f < r.objective:
         return r
@@ -126,15 +189,39 @@ def _refit(objective, r: RecoveryResult, damping, theta_star) -> RecoveryResult:
     return r
 
 
-def _portfolio(objective, k, theta0, plan, common, stop, f_exact) -> RecoveryResult:
+def _run_one(objective, k, name, opts, start, common, ls) -> RecoveryResult:
+    """One schedule: on the numpy fast path (iobs.recovery.fastls: least squares on the CPU, the same
+    iterations) when ``ls`` is given and it serves the schedule, else the registered torch solver."""
+    if ls is None or name == "htp" or not fastls.serves(name, opts):
+        return SOLVERS[name](objective, k, theta0=start, **common, **opts)
+    max_iter = SOLVERS[name].max_iter if common["max_iter"] is None else common["max_iter"]
+    star = common["theta_star"]
+    out = fastls.run_schedule(
+        ls, name, opts, k, start.numpy(), max_iter, common["tol"], None if star is None else star.numpy()
+    )
+    theta = torch.from_numpy(out["theta"])
+    return RecoveryResult(
+        theta=theta,
+        mask=theta != 0,
+        n_iter=out["n_iter"],
+        converged=out["converged"],
+        history=out["history"],
+        damping=out["lam"],
+        solver=name,
+        options=dict(opts),
+    )
+
+
+def _portfolio(objective, k, theta0, plan, common, stop, f_exact, fast=True) -> RecoveryResult:
     """Run the schedules in order, keep the lowest objective, stop early by the ``stop`` rule."""
     runs, best = [], None
     t_start = time.perf_counter()
+    ls = fastls.LSData(objective) if fast and fastls.applies(objective, common["damping"]) else None
     for name, opts, label in plan:
         opts = dict(opts)
         start = best.theta if opts.pop("warm", False) and best is not None else theta0
         t0 = time.perf_counter()
-        r = SOLVERS[name](objective, k, theta0=start, **common, **opts)
+        r = _run_one(objective, k, name, opts, start, common, ls)
         r = _refit(objective, r, common["damping"], common["theta_star"])
         runs.append(
             dict(
@@ -147,11 +234,12 @@ def _portfolio(objective, k, theta0, plan, common, stop, f_exact) -> RecoveryRes
             )
         )
         same = best is not None and bool((r.mask == best.mask).all())
-        if _better(r, best):
+        improved = _better(r, best)
+        if improved:
             best, best_label = r, label
         if stop != "none" and best.objective <= f_exact:
             break
-        if stop == "agree" and same:
+        if (stop == "agree" and same) or (stop == "stall" and not improved):
             break
     return RecoveryResult(
         theta=best.theta,
@@ -177,6 +265,7 @@ auto = _Auto(
     __doc__,
     max_iter=None,
     schedules=None,
-    stop="agree",
+    stop="auto",
     rtol=1e-20,
+    fast=True,
 )

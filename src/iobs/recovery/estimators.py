@@ -171,9 +171,10 @@ class IOBSRegressor(RegressorMixin, _SparseEstimator):
         k, the number of kept coefficients (None: 10 % of the features, at least 1, like OMP).
     solver : str
         Any name of :data:`iobs.recovery.solvers.SOLVERS`: "auto" (default: the portfolio of
-        :mod:`iobs.recovery.auto`, global Newton forms for n ≥ d, restricted forms with several
-        working-set schedules for n < d, lowest objective kept), "iobs", "topk-iobs", "kiht", "htp",
-        "restricted-iobs", "restricted-topk-iobs", "stochastic-iobs", "cosamp", "subspace-pursuit".
+        :mod:`iobs.recovery.auto`, global Newton forms for n ≥ d (least squares: d ≤ 64), restricted
+        forms with several working-set schedules otherwise, lowest objective kept), "iobs", "topk-iobs",
+        "kiht", "htp", "restricted-iobs", "restricted-topk-iobs", "stochastic-iobs", "cosamp",
+        "subspace-pursuit".
     max_iter, tol : stopping rules of the solver (tol=None: the solver's default).
     damping : λ added to the Hessian (None: the solver's default); the value used is in ``damping_``.
     fit_intercept : centre X and y and fit an unpenalised intercept outside the k coefficients.

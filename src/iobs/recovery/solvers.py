@@ -17,8 +17,9 @@ damping=None, device=None, dtype=torch.float64, seed=None, **options) -> Recover
 * ``stochastic_iobs``      the appendix rule θ ← T_k(θ − g/(λ + ‖E_Q g‖²/‖g‖)) with mini-batches.
 * ``htp``, ``cosamp``, ``subspace_pursuit``  the classic algorithms.
 * ``auto`` (the default of ``solve``; :mod:`iobs.recovery.auto`) a portfolio of the above chosen from
-                           n, d, k: the global form for n ≥ d, restricted schedules for n < d; lowest
-                           objective kept, the choice in ``result.chosen`` / ``result.runs``.
+                           n, d, k: the global form for n ≥ d (least squares: d ≤ 64), restricted
+                           schedules otherwise; lowest objective kept, the choice in
+                           ``result.chosen`` / ``result.runs``.
 
 H_λ = ∇²f + λI, held by :class:`iobs.obs.curvature.Curvature` and damped by the policy of
 :mod:`iobs.obs.damping`. ``damping=None`` ("auto") adds no λ when the Hessian is numerically positive
