@@ -94,17 +94,44 @@ def _iobs_lines(loop: dict | None) -> list[str]:
     return lines
 
 
-def run(args) -> int:
-    from iobs.prune.api import prune
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = from_args(PruneConfig, args)
-    if args.threads is not None:
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
         import torch
 
         from iobs._validate import check_int_range
 
-        torch.set_num_threads(check_int_range("threads", args.threads, 1, 4096))
-    report = prune(config, progress=not args.quiet)
-    print(format_report(report, per_layer=args.layers))
+        torch.set_num_threads(check_int_range("threads", threads, 1, 4096))
+
+
+def worker(config: dict, threads: int | None, progress: bool) -> dict | None:
+    """One process of ``iobs prune --nproc N``: the run as rank RANK; returns the report on rank 0."""
+    from iobs.config import from_dict
+    from iobs.prune import distributed
+    from iobs.prune.api import prune
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _set_threads(threads)
+    report = prune(from_dict(PruneConfig, config), progress=progress)
+    main = distributed.is_main()
+    distributed.shutdown()
+    return report if main else None
+
+
+def run(args) -> int:
+    from iobs.prune import distributed
+    from iobs.prune.api import prune
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = from_args(PruneConfig, args)
+    if config.nproc > 1 and distributed.env_world() == 1:  # launch the workers (torchrun starts its own)
+        from iobs.config import to_dict
+
+        reports = distributed.launch(worker, config.nproc, (to_dict(config), args.threads, not args.quiet))
+        report = reports[0]
+    else:
+        _set_threads(args.threads)
+        report = prune(config, progress=not args.quiet)
+    if distributed.is_main():  # under torchrun: rank 0 prints
+        print(format_report(report, per_layer=args.layers))
+    distributed.shutdown()
     return 0

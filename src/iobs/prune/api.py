@@ -62,10 +62,13 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     from iobs.prune.stream import prune_stream, wants_stream
 
     if (streamed := wants_stream(config)) is not None:  # --stream, or the model would not fit in memory
+        _one_process("stream", config)
         return prune_stream(streamed, progress, callback)
     t_start = time.perf_counter()
     out = check_output_dir(config.out, config.overwrite) if config.out else None
     dev = resolve_device(config.device)
+    group = _join_group(config, dev)
+    main = group is None or group.rank == 0  # only rank 0 evaluates and writes
     timings = {}
     clock = _Clock(timings)
 
@@ -77,24 +80,30 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         stream = calibration_stream(config, tokenizer, model)
         ids = stream.batch(1)
     dense_evals = {}
-    if config.eval and config.eval_dense:
+    if config.eval and config.eval_dense and main:
         with clock("eval_dense_s"):
             dense_evals = evaluate(model, tokenizer, config, dev, progress)
-    state_dir, resumed = _resume_state(config, out)
+    state_dir, resumed = _resume_state(config, out, clear=main)
+    if group is not None:
+        group.barrier()  # rank 0 has cleared a --no-resume state before any rank reads it
     with clock("prune_s"):
         if config.method == "iobs":
-            records, loop = _iobs(model, tokenizer, config, stream, progress, state_dir)
+            loop_dir = _loop_dir(config, state_dir, group)
+            records, loop = _iobs(model, tokenizer, config, stream, progress and main, loop_dir)
         else:
             state_key = f"{config.key()}:{config.model}"
             walk = {"state_dir": state_dir, "state_key": state_key, "callback": callback}
             records, loop = _one_shot(model, ids, config, dev, progress, walk), None
     with clock("eval_s"):
-        evals = evaluate(model, tokenizer, config, dev, progress) if config.eval else {}
+        evals = evaluate(model, tokenizer, config, dev, progress) if config.eval and main else {}
 
     report = _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings)
+    report["processes"] = 1 if group is None else group.world
     if loop is not None:
         report["iobs"] = loop.to_dict()
-    if out is not None:
+    if not main and loop is not None and state_dir is not None:
+        shutil.rmtree(_loop_dir(config, state_dir, group), ignore_errors=True)  # this rank's loop state
+    if out is not None and main:
         with clock("save_s"):
             report["timings"]["total_s"] = time.perf_counter() - t_start  # before saving; save_s added below
             report["memory"] = peak_memory()
@@ -126,13 +135,55 @@ class _Clock:
         return False
 
 
-def _resume_state(config: PruneConfig, out: Path | None) -> tuple[Path | None, int]:
-    """(state folder of this configuration, blocks an interrupted run finished); ``--no-resume`` clears it."""
+def _one_process(what: str, config: PruneConfig) -> None:
+    """Refuse a path that has no distributed form yet inside several processes (torchrun / --nproc)."""
+    from iobs.prune import distributed
+
+    world = max(distributed.env_world(), config.nproc)
+    if world > 1:
+        raise ValueError(
+            f"{what} runs in one process, but {world} processes were started (torchrun or --nproc): "
+            "the streamed walk has no distributed form yet; run it in one process"
+        )
+
+
+def _join_group(config: PruneConfig, dev):
+    """The torch.distributed group this process belongs to (None in one process); ``config.nproc`` must
+    match the processes torchrun / ``--nproc`` started."""
+    from iobs.prune import distributed
+
+    world = distributed.env_world()
+    if config.nproc > 1 and world == 1:
+        raise ValueError(
+            f"nproc={config.nproc} needs {config.nproc} processes: run `iobs prune ... --nproc "
+            f"{config.nproc}` or torchrun --nproc-per-node {config.nproc} (prune() runs in this process only)"
+        )
+    if config.nproc > 1 and world != config.nproc:
+        raise ValueError(f"nproc={config.nproc} but the launcher started WORLD_SIZE={world} processes")
+    return distributed.init_from_env(dev)
+
+
+def _loop_dir(config: PruneConfig, state_dir: Path | None, group) -> Path | None:
+    """Where this rank keeps the I-OBS loop state: rank 0 the run's state folder, rank r > 0 its own copy
+    ``STATE.rankR`` (every rank holds the same weights; no two processes write one file)."""
+    if state_dir is None or group is None or group.rank == 0:
+        return state_dir
+    own = state_dir.with_name(f"{state_dir.name}.rank{group.rank}")
+    if not config.resume:
+        shutil.rmtree(own, ignore_errors=True)
+    return own
+
+
+def _resume_state(config: PruneConfig, out: Path | None, clear: bool = True) -> tuple[Path | None, int]:
+    """(state folder of this configuration, blocks an interrupted run finished); ``--no-resume`` clears it
+    (where ``clear``: rank 0 of a distributed run)."""
     if out is None:
         return None, 0
     state_dir = state_dir_for(out, config.key())
     manifest = state_dir / "state.json"
     if not config.resume and state_dir.exists():
+        if not clear:
+            return state_dir, 0
         shutil.rmtree(state_dir)
     elif manifest.exists():
         return state_dir, int(json.loads(manifest.read_text()).get("blocks_done", 0))

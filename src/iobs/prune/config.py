@@ -38,6 +38,7 @@ _NOT_IN_KEY = (
     "eval_dense",
     "device",
     "resume",
+    "nproc",  # like device: changes H only by the order of its float sums
     "stream",  # streaming gives the in-memory path's weights bit for bit
     "auto_stream",
 )
@@ -81,6 +82,7 @@ class PruneConfig:
     include: list[str] | None = option(None, "comma-separated globs or re:REGEX", parse=csv_list)
     exclude: list[str] | None = option(None, "comma-separated globs or re:REGEX", parse=csv_list)
     device: str | None = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    nproc: int = option(1, "processes (torch.distributed: gloo on CPU, NCCL on CUDA) sharing the calibration")
     dtype: str = option("float32", choices=tuple(DTYPES))
     out: str | None = option(None, "output folder for the pruned checkpoint and report.json", parse=str)
     overwrite: bool = option(False, "replace an existing --out folder")
@@ -123,6 +125,12 @@ class PruneConfig:
         check_int_range("seqlen", self.seqlen, 1, 10**7)
         check_int_range("seed", self.seed, 0, 2**63 - 1)
         check_int_range("blocksize", self.blocksize, 1, 10**7)
+        check_int_range("nproc", self.nproc, 1, 4096)
+        if self.nproc > self.nsamples:
+            raise ValueError(
+                f"nproc ({self.nproc}) must be at most nsamples ({self.nsamples}): each process takes its "
+                "own share of the calibration samples"
+            )
         if not isinstance(self.percdamp, (int, float)) or not 0 <= self.percdamp < 1e6:
             raise ValueError(
                 f"percdamp must be a number >= 0 (a fraction of mean(diag H)), got {self.percdamp!r}"
@@ -150,6 +158,11 @@ class PruneConfig:
             )
         if not self.out:
             raise ValueError("stream writes each pruned block to the output checkpoint: give out (--out)")
+        if self.nproc > 1:
+            raise ValueError(
+                f"stream runs in one process: nproc={self.nproc} with stream is not supported yet (every "
+                "rank would write the checkpoint); drop --stream or --nproc"
+            )
 
     def _check_target(self) -> None:
         if self.pattern is not None and self.sparsity is not None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from iobs.prune import distributed
 from iobs.prune.checkpoint import WalkState
 from iobs.prune.hessian import accumulate_hessians
 from iobs.prune.layers import find_layers
@@ -321,9 +322,11 @@ def prune_decoder(
     present); with ``offload`` a model on the CPU stays there and only the block being pruned (and the
     embedding/rotary modules during capture) visits the device. ``state_dir``: finished blocks' weights
     are persisted there and a rerun with the same arguments resumes after the last finished block.
-    ``callback(i, records)`` runs after block i is finished (and persisted). ``placement``: a factory
-    like :class:`_Placement` ``(model, blocks, device, offload)`` whose ``visit(block, arrive)`` may
-    materialise block i before the walk uses it and release it after (the streaming path's hook).
+    ``callback(i, records)`` runs after block i is finished (and persisted). Inside a torch.distributed
+    group of R > 1 processes (:mod:`iobs.prune.distributed`) each rank walks its shard of the samples,
+    the layer solves are spread over the ranks and only rank 0 persists the state. ``placement``: a
+    factory like :class:`_Placement` ``(model, blocks, device, offload)`` whose ``visit(block, arrive)``
+    may materialise block i before the walk uses it and release it after (the streaming path's hook).
     Returns one record per layer: name, block, shape, sparsity, zeros, error, rel_error, damping, seconds.
     """
     if sequential not in SEQUENTIAL:
@@ -341,6 +344,9 @@ def prune_decoder(
     if state_dir is not None:
         names = [n for bl in block_layers for n in bl]
         state = WalkState(state_dir, _fingerprint(state_key, calib_ids, solver, sequential, names))
+    group = distributed.active()
+    if group is not None:
+        calib_ids = calib_ids[group.shard(calib_ids.shape[0])]  # after the fingerprint: it names all ids
     was_training = model.training
     model.eval()
     try:
@@ -348,7 +354,7 @@ def prune_decoder(
             t0 = time.perf_counter()
             inputs = capture_block_inputs(model, blocks, calib_ids, place.dev)
             log.info("captured block inputs of %d samples in %.1fs", len(inputs), time.perf_counter() - t0)
-            walk = _BlockWalk(blocks, block_layers, inputs, solver, sequential)
+            walk = _BlockWalk(blocks, block_layers, inputs, solver, sequential, group)
             return walk.run(place, state, progress, callback)
     finally:
         model.train(was_training)
@@ -358,9 +364,11 @@ class _BlockWalk:
     """Block by block: solve the block's layers (or reload them from a resume state), then run the pruned
     block to produce the next block's inputs."""
 
-    def __init__(self, blocks, block_layers, inputs: BlockInputs, solver: LayerSolver, sequential: str):
+    def __init__(
+        self, blocks, block_layers, inputs: BlockInputs, solver: LayerSolver, sequential: str, group=None
+    ):
         self.blocks, self.block_layers, self.inputs = blocks, block_layers, inputs
-        self.solver, self.sequential = solver, sequential
+        self.solver, self.sequential, self.group = solver, sequential, group
 
     @torch.no_grad()
     def run(self, place: _Placement, state: WalkState | None, progress: bool, callback) -> list[dict]:
@@ -369,8 +377,13 @@ class _BlockWalk:
         done, records = state.load() if state is not None else (0, [])
         if done:
             log.info("resuming from %s: %d of %d blocks already pruned", state.path, done, len(self.blocks))
+        main = self.group is None or self.group.rank == 0  # the one rank that writes and shows progress
         bar = tqdm(
-            total=len(self.blocks), desc="pruning blocks", disable=not progress, initial=done, leave=False
+            total=len(self.blocks),
+            desc="pruning blocks",
+            disable=not (progress and main),
+            initial=done,
+            leave=False,
         )
         for i, block in enumerate(self.blocks):
             place.visit(block, arrive=True)
@@ -383,7 +396,7 @@ class _BlockWalk:
                     self.inputs.hidden[j] = self.inputs.call(block, j, i)
             place.visit(block, arrive=False)
             if i >= done:
-                if state is not None:
+                if state is not None and main:
                     state.save_block(i, self.block_layers[i], records)
                 bar.update(1)
                 if callback is not None:
@@ -404,10 +417,14 @@ class _BlockWalk:
         for gi, group in enumerate(groups):
             sub = {n: layers[n] for n in group}
             t0 = time.perf_counter()
-            with accumulate_hessians(sub) as acc:
+            reduce = None if self.group is None else distributed.hessian_reduce(self.group, sub)
+            with accumulate_hessians(sub, reduce=reduce) as acc:
                 for j in range(len(inputs)):
                     with StopAfter(sub[group[-1]] if single and true_seq else None):
                         call_until_stopped(lambda j=j: inputs.call(block, j, i))
             extra = {"block": i, "group": gi, "hessian_seconds": (time.perf_counter() - t0) / len(group)}
-            records += solve_group(sub, acc, self.solver, extra)
+            if self.group is None:
+                records += solve_group(sub, acc, self.solver, extra)
+            else:
+                records += distributed.solve_group_distributed(self.group, sub, acc, self.solver, extra)
         return records

@@ -58,9 +58,12 @@ def newton_step(
     damping: float = 0.01,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    group=None,
 ) -> dict:
     """W⁺ = W − lr · G (H̄ + λI)⁻¹ for every prunable layer; λ = damping · mean(diag H̄) (absolute when that
-    mean is 0), escalated by the damping policy of :mod:`iobs.obs.damping` when the Cholesky fails."""
+    mean is 0), escalated by the damping policy of :mod:`iobs.obs.damping` when the Cholesky fails.
+    ``group`` (:class:`iobs.prune.distributed.Group`): each rank takes its shard of the batches; G, H and
+    the loss are summed over the ranks (the same step up to float summation order)."""
     from iobs.obs.damping import cholesky_damped
 
     lr = _check_lr(lr)
@@ -75,11 +78,14 @@ def newton_step(
     model.eval()
     model.zero_grad(set_to_none=True)
     total = 0.0
-    with accumulate_hessians(layers) as acc:
-        for b in batches:
+    mine = batches if group is None else batches[group.shard(len(batches))]
+    with accumulate_hessians(layers, reduce=group and group.all_reduce_hessians) as acc:
+        for b in mine:
             loss = loss_fn(model, _to(b, device)) / len(batches)
             loss.backward()
             total += float(loss.detach())
+    if group is not None:
+        total = group.all_reduce_grads([m.weight for m in layers.values()], total)
     steps = {}
     for name, layer in layers.items():
         grad = layer.weight.grad
@@ -125,8 +131,11 @@ def finetune_step(
     optimizer: str = "adam",
     max_grad_norm: float | None = 1.0,
     seed: int = 0,
+    group=None,
 ) -> dict:
-    """``epochs`` passes over the batches, one optimiser step per batch (order shuffled with ``seed``)."""
+    """``epochs`` passes over the batches, one optimiser step per batch (order shuffled with ``seed``).
+    ``group``: data-parallel, one step per R consecutive batches of the order (rank r takes the r-th), on
+    the mean gradient (DistributedDataParallel's semantics: R times fewer steps of R times the batch)."""
     lr = _check_lr(lr)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -141,12 +150,14 @@ def finetune_step(
     model.eval()  # deterministic: no dropout; the step is a plain optimisation of the task loss
     losses = []
     for _ in range(epochs):
-        for i in torch.randperm(len(batches), generator=gen).tolist():
+        order = torch.randperm(len(batches), generator=gen).tolist()
+        for i in order if group is None else _steps(order, group):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model, _to(batches[i], device))
+            loss = _dp_loss(model, batches, i, loss_fn, device, group, params)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning loss became {float(loss.detach())} at lr={lr}")
-            loss.backward()
+            if group is None:
+                loss.backward()
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
@@ -166,8 +177,31 @@ def finetune_step(
     }
 
 
+def _steps(order: list[int], group) -> list[list[int]]:
+    """The data-parallel steps: consecutive groups of R batch indices (the last one may be shorter)."""
+    return [order[k : k + group.world] for k in range(0, len(order), group.world)]
+
+
+def _dp_loss(model, batches, i, loss_fn, device, group, params) -> torch.Tensor:
+    """One step's loss: batch ``i`` (one process), or the mean over step ``i``'s batches, each rank
+    back-propagating its own and the gradients summed (then the loss is the summed value, detached)."""
+    if group is None:
+        return loss_fn(model, _to(batches[i], device))
+    value = 0.0
+    if group.rank < len(i):
+        loss = loss_fn(model, _to(batches[i[group.rank]], device)) / len(i)
+        loss.backward()
+        value = float(loss.detach())
+    return torch.tensor(group.all_reduce_grads(params, value))
+
+
 def dense_step(name: str, model: nn.Module, batches: Sequence, loss_fn: LossFn, **kwargs) -> dict:
-    """Dispatch by name: ``newton`` | ``finetune`` | ``none``."""
+    """Dispatch by name: ``newton`` | ``finetune`` | ``none``; inside a torch.distributed group of several
+    processes the step is data-parallel (:mod:`iobs.prune.distributed`)."""
+    from iobs.prune.distributed import active
+
+    if name in ("newton", "finetune"):
+        kwargs.setdefault("group", active())
     if name == "newton":
         return newton_step(model, batches, loss_fn, **kwargs)
     if name == "finetune":

@@ -9,7 +9,7 @@ token count is kept. The sum is unscaled (no 2/n), so the layer error is tr((W �
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -90,10 +90,13 @@ class _LastProduct:
 
 @contextlib.contextmanager
 def accumulate_hessians(
-    layers: dict[str, nn.Module], dtype: torch.dtype | None = None
+    layers: dict[str, nn.Module],
+    dtype: torch.dtype | None = None,
+    reduce: Callable[[dict[str, HessianAccumulator]], None] | None = None,
 ) -> Iterator[dict[str, HessianAccumulator]]:
     """Forward pre-hooks that add every call's input to its layer's H; removed on exit. Layers fed the same
-    input tensor (e.g. q/k/v) share one Xᵀ X per call."""
+    input tensor (e.g. q/k/v) share one Xᵀ X per call. ``reduce(acc)`` runs after the hooks are removed
+    (on a normal exit only): e.g. H = Σ_ranks H_r over torch.distributed processes."""
     acc = {name: HessianAccumulator(m, dtype, name=name) for name, m in layers.items()}
     shared = _LastProduct()
     handles = [
@@ -106,3 +109,5 @@ def accumulate_hessians(
         for h in handles:
             h.remove()
         shared.store(None, None, 0)
+    if reduce is not None:
+        reduce(acc)
