@@ -76,16 +76,19 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
             dense_evals = evaluate(model, tokenizer, config, dev, progress)
     state_dir, resumed = _resume_state(config, out)
     with clock("prune_s"):
+        solver, allocation = layer_solver(model, ids, config, dev)
         if config.method == "iobs":
-            records, loop = _iobs(model, tokenizer, config, stream, progress, state_dir)
+            records, loop = _iobs(model, tokenizer, config, stream, progress, state_dir, solver)
         else:
             state_key = f"{config.key()}:{config.model}"
             walk = {"state_dir": state_dir, "state_key": state_key, "callback": callback}
-            records, loop = _one_shot(model, ids, config, dev, progress, walk), None
+            records, loop = _one_shot(model, ids, config, solver, dev, progress, walk), None
     with clock("eval_s"):
         evals = evaluate(model, tokenizer, config, dev, progress) if config.eval else {}
 
     report = _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings)
+    if allocation is not None:
+        report["allocation"] = allocation
     if loop is not None:
         report["iobs"] = loop.to_dict()
     if out is not None:
@@ -133,11 +136,31 @@ def _resume_state(config: PruneConfig, out: Path | None) -> tuple[Path | None, i
     return state_dir, 0
 
 
-def _one_shot(model, ids, config: PruneConfig, dev, progress: bool, walk: dict) -> list[dict]:
+def layer_solver(model, ids, config: PruneConfig, dev):
+    """(config's LayerSolver, None), or with a non-uniform ``config.allocation`` (the solver with its
+    per-layer sparsity map, the allocation's report entry) from a pre-pass over the dense model."""
+    solver = config.solver()
+    if config.allocation == "uniform":
+        return solver, None
+    from dataclasses import replace
+
+    from iobs.prune.allocation import plan
+
+    kw = {"include": config.include, "exclude": config.exclude, "device": dev, **config.allocation_params()}
+    fractions, info = plan(model, ids, solver, config.allocation, config.sparsity, **kw)
+    log.info("allocation %s: layer sparsities in [%.3f, %.3f]", config.allocation, *_span(fractions))
+    return replace(solver, layer_sparsity=fractions), info
+
+
+def _span(fractions) -> tuple[float, float]:
+    return min(f for _, f in fractions), max(f for _, f in fractions)
+
+
+def _one_shot(model, ids, config: PruneConfig, solver, dev, progress: bool, walk: dict) -> list[dict]:
     return prune_decoder(
         model,
         ids,
-        config.solver(),
+        solver,
         include=config.include,
         exclude=config.exclude,
         sequential=config.sequential,
@@ -147,7 +170,7 @@ def _one_shot(model, ids, config: PruneConfig, dev, progress: bool, walk: dict) 
     )
 
 
-def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir):
+def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir, solver):
     """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
     from iobs.prune.iobs_lm import iobs_prune_lm
 
@@ -161,6 +184,7 @@ def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_d
         state_dir=state_dir,
         state_key=f"{config.key()}:{config.model}",
         on_records=records.__setitem__,
+        solver=solver,
     )
     return records.get(res.best) or records[max(records)], res
 
