@@ -194,6 +194,7 @@ def test_layer_sparsity_map_equal_to_uniform_is_bit_identical_and_must_cover_eve
         ({"allocation": "error", "alloc_points": 0}, "alloc_points"),
         ({"allocation": "error", "alloc_step": 0.0}, "alloc_step"),
         ({"allocation": "error", "alloc_error": "l1"}, "alloc_error"),
+        ({"allocation": "error", "alloc_curves": "obc"}, "alloc_curves"),
         ({"allocation": "owl", "sparsity": 0.995}, "cannot meet"),
         ({"allocation": "best"}, "allocation must be one of"),
     ],

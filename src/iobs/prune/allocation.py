@@ -32,7 +32,15 @@ ALLOCATIONS = ("uniform", "owl", "error")  # the one vocabulary of --allocation
 ERROR_NORMS = ("relative", "absolute")
 MAX_SPARSITY = 0.99  # no layer is allocated more than this
 #: the allocation's parameters and their defaults (OWL's typical λ = 0.08, M = 5)
-PARAMS = {"owl_lambda": 0.08, "owl_m": 5.0, "alloc_step": 0.1, "alloc_points": 2, "alloc_error": "relative"}
+PARAMS = {
+    "owl_lambda": 0.08,
+    "owl_m": 5.0,
+    "alloc_step": 0.1,
+    "alloc_points": 2,
+    "alloc_error": "relative",
+    "alloc_curves": "solver",
+}
+CURVES = ("solver", "sparsegpt")  # error: whose layer errors (the walk's solver, or SparseGPT's: cheaper)
 
 
 def check_params(allocation: str, sparsity: float, params: dict) -> dict:
@@ -59,6 +67,8 @@ def check_params(allocation: str, sparsity: float, params: dict) -> dict:
     k = p["alloc_points"]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 20:
         raise ValueError(f"alloc_points must be an integer in [1, 20], got {k!r}")
+    if p["alloc_curves"] not in CURVES:
+        raise ValueError(f"alloc_curves must be one of {', '.join(CURVES)}, got {p['alloc_curves']!r}")
     if p["alloc_error"] not in ERROR_NORMS:
         raise ValueError(f"alloc_error must be one of {', '.join(ERROR_NORMS)}, got {p['alloc_error']!r}")
     return p
@@ -266,7 +276,12 @@ def allocate(st: DenseStats, allocation: str, sparsity: float, **params):
         grid = error_grid(s, p["alloc_step"], p["alloc_points"])
         curves = [_curve(st, n, m, grid, alloc_error) for n, m in zip(st.names, st.numels)]
         counts = error_counts(curves, global_budget(s, st.numels))
-        info = {"grid": grid, "error": alloc_error, "curves": dict(zip(st.names, curves))}
+        info = {
+            "grid": grid,
+            "error": alloc_error,
+            "curves_of": p["alloc_curves"],
+            "curves": dict(zip(st.names, curves)),
+        }
     else:
         raise ValueError(f"allocation {allocation!r} has no plan: uniform keeps every layer at the sparsity")
     fractions = tuple((n, k / m) for n, k, m in zip(st.names, counts, st.numels))
@@ -309,6 +324,8 @@ def plan(
     elif allocation == "uniform":
         raise ValueError("allocation 'uniform' has no plan: uniform keeps every layer at the sparsity")
     else:
+        if p["alloc_curves"] == "sparsegpt":
+            solver = dataclasses.replace(solver, method="sparsegpt", refit=False)
         need = {"solver": solver, "grid": error_grid(sparsity, p["alloc_step"], p["alloc_points"])}
     st = dense_stats(model, calib_ids, include=include, exclude=exclude, device=device, **need)
     return allocate(st, allocation, sparsity, **p)

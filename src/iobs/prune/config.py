@@ -17,7 +17,7 @@ from iobs.config import csv_list, option
 from iobs.data.calibration import CALIB_SOURCES
 from iobs.obs.layer import METHODS as LAYER_SOLVERS
 from iobs.obs.mask_search import WARM_STARTS
-from iobs.prune.allocation import ALLOCATIONS, ERROR_NORMS, PARAMS, check_params
+from iobs.prune.allocation import ALLOCATIONS, CURVES, ERROR_NORMS, PARAMS, check_params
 from iobs.prune.decoder import SEQUENTIAL
 from iobs.prune.dense_step import DENSE_STEPS
 from iobs.prune.solve import LayerSolver
@@ -90,6 +90,12 @@ class PruneConfig:
         PARAMS["alloc_error"],
         "error: layer error as ‖(W−Ŵ)X‖²/‖WX‖² or absolute",
         choices=ERROR_NORMS,
+        group=_ALLOC,
+    )
+    alloc_curves: str = option(
+        PARAMS["alloc_curves"],
+        "error: layer errors of the walk's solver, or of SparseGPT (cheaper for alps/mask-search)",
+        choices=CURVES,
         group=_ALLOC,
     )
     sequential: str = option(
