@@ -141,12 +141,41 @@ def render(recs: list[dict]) -> str:
     return markdown_table(rows)
 
 
+def plot(recs: list[dict], path: Path) -> None:
+    """Per-block sparsity (unweighted mean over the block's layers) of every variant, one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iobs.utils import save_figure
+
+    targets = sorted({r["target"] for r in recs})
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        for r in (r for r in recs if r["target"] == t and r["allocation"] != "uniform"):
+            blocks: dict[int, list[float]] = {}
+            for name, v in r["layer_sparsity"].items():
+                blocks.setdefault(int(name.split(".")[2]), []).append(v)
+            xs = sorted(blocks)
+            ax.plot(
+                xs,
+                [sum(blocks[b]) / len(blocks[b]) for b in xs],
+                marker=".",
+                label=f"{r['solver']} {_label(r)}",
+            )
+        ax.axhline(t, color="k", lw=0.8, label="uniform")
+        ax.set(title=f"global sparsity {t:g}", xlabel="decoder block", ylabel="mean layer sparsity")
+        ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
 def _label(r: dict) -> str:
     p = r["params"]
     if r["allocation"] == "owl":
         return f"owl λ={p['owl_lambda']:g} M={p['owl_m']:g}"
     if r["allocation"] == "error":
-        return f"error ({p['alloc_error']}, s±2×{p['alloc_step']:g}, SparseGPT curves)"
+        return f"error ({p['alloc_error']}, s±2×{p.get('alloc_step', 0.1):g}, SparseGPT curves)"
     return "uniform"
 
 
@@ -160,6 +189,7 @@ def main(argv=None):
     p.add_argument("--records", default=str(ROOT / "benchmarks/results/llm_allocation.jsonl"))
     p.add_argument("--out")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--plot", help="PNG of the per-block sparsity of every variant")
     a = p.parse_args(argv)
     set_threads(a.threads)
     path = Path(a.records)
@@ -180,6 +210,8 @@ def main(argv=None):
     text = header(title, sys.argv) + "\n" + render(recs)
     if a.out:
         Path(a.out).write_text(text + "\n")
+    if a.plot:
+        plot(recs, Path(a.plot))
     print(text)
 
 
