@@ -235,3 +235,26 @@ def test_config_key_and_cli(tmp_path):
     assert {r["name"]: r["sparsity"] for r in report["layers"]} == pytest.approx(
         report["allocation"]["layer_sparsity"]
     )
+
+
+def test_iobs_uses_the_allocation_in_its_projections():
+    from iobs.prune.api import prune
+
+    cfg = PruneConfig(
+        model="tiny-llama",
+        method="iobs",
+        sparsity=0.6,
+        allocation="error",
+        iterations=1,
+        dense_step="none",
+        calib="wiki",
+        nsamples=2,
+        seqlen=16,
+        device="cpu",
+        val_max_windows=1,
+    )
+    report = prune(cfg, progress=False)
+    N = report["summary"]["params"]
+    assert N - report["summary"]["kept"] == n_pruned(0.6, N) == report["allocation"]["pruned"]
+    spars = {r["name"]: r["sparsity"] for r in report["layers"]}
+    assert spars == pytest.approx(report["allocation"]["layer_sparsity"]) and len(set(spars.values())) > 1
