@@ -87,18 +87,21 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     if group is not None:
         group.barrier()  # rank 0 has cleared a --no-resume state before any rank reads it
     with clock("prune_s"):
+        solver, allocation = layer_solver(model, ids, config, dev)
         if config.method == "iobs":
             loop_dir = _loop_dir(config, state_dir, group)
-            records, loop = _iobs(model, tokenizer, config, stream, progress and main, loop_dir)
+            records, loop = _iobs(model, tokenizer, config, stream, progress and main, loop_dir, solver)
         else:
             state_key = f"{config.key()}:{config.model}"
             walk = {"state_dir": state_dir, "state_key": state_key, "callback": callback}
-            records, loop = _one_shot(model, ids, config, dev, progress, walk), None
+            records, loop = _one_shot(model, ids, config, solver, dev, progress, walk), None
     with clock("eval_s"):
         evals = evaluate(model, tokenizer, config, dev, progress) if config.eval and main else {}
 
     report = _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings)
     report["processes"] = 1 if group is None else group.world
+    if allocation is not None:
+        report["allocation"] = allocation
     if loop is not None:
         report["iobs"] = loop.to_dict()
     if not main and loop is not None and state_dir is not None:
@@ -190,11 +193,31 @@ def _resume_state(config: PruneConfig, out: Path | None, clear: bool = True) -> 
     return state_dir, 0
 
 
-def _one_shot(model, ids, config: PruneConfig, dev, progress: bool, walk: dict) -> list[dict]:
+def layer_solver(model, ids, config: PruneConfig, dev):
+    """(config's LayerSolver, None), or with a non-uniform ``config.allocation`` (the solver with its
+    per-layer sparsity map, the allocation's report entry) from a pre-pass over the dense model."""
+    solver = config.solver()
+    if config.allocation == "uniform":
+        return solver, None
+    from dataclasses import replace
+
+    from iobs.prune.allocation import plan
+
+    kw = {"include": config.include, "exclude": config.exclude, "device": dev, **config.allocation_params()}
+    fractions, info = plan(model, ids, solver, config.allocation, config.sparsity, **kw)
+    log.info("allocation %s: layer sparsities in [%.3f, %.3f]", config.allocation, *_span(fractions))
+    return replace(solver, layer_sparsity=fractions), info
+
+
+def _span(fractions) -> tuple[float, float]:
+    return min(f for _, f in fractions), max(f for _, f in fractions)
+
+
+def _one_shot(model, ids, config: PruneConfig, solver, dev, progress: bool, walk: dict) -> list[dict]:
     return prune_decoder(
         model,
         ids,
-        config.solver(),
+        solver,
         include=config.include,
         exclude=config.exclude,
         sequential=config.sequential,
@@ -204,7 +227,7 @@ def _one_shot(model, ids, config: PruneConfig, dev, progress: bool, walk: dict) 
     )
 
 
-def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir):
+def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir, solver):
     """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
     from iobs.prune.iobs_lm import iobs_prune_lm
 
@@ -218,6 +241,7 @@ def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_d
         state_dir=state_dir,
         state_key=f"{config.key()}:{config.model}",
         on_records=records.__setitem__,
+        solver=solver,
     )
     return records.get(res.best) or records[max(records)], res
 

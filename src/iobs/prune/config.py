@@ -17,6 +17,7 @@ from iobs.config import csv_list, option
 from iobs.data.calibration import CALIB_SOURCES
 from iobs.obs.layer import METHODS as LAYER_SOLVERS
 from iobs.obs.mask_search import WARM_STARTS
+from iobs.prune.allocation import ALLOCATIONS, CURVES, ERROR_NORMS, PARAMS, check_params
 from iobs.prune.decoder import SEQUENTIAL
 from iobs.prune.dense_step import DENSE_STEPS
 from iobs.prune.solve import LayerSolver
@@ -27,7 +28,8 @@ _IOBS = "I-OBS (--method iobs); defaults = the best setting of the Table 2 searc
 
 # fields that do not change the pruned weights (left out of the resume key)
 # fields that join the resume key only when set (added after runs were saved under the older keys)
-_KEY_IF_SET = ("refit", "warm")
+_KEY_IF_SET = ("refit", "warm", "allocation", *PARAMS)
+_ALLOC = "layer-wise sparsity allocation (--allocation owl|error); the global budget stays floor(s·Σn)"
 
 _NOT_IN_KEY = (
     "out",
@@ -74,6 +76,31 @@ class PruneConfig:
     per_row: bool = option(False, "apply --sparsity in every row")
     refit: bool = option(False, "re-fit each layer's kept weights exactly on its mask after the solver")
     warm: str = option("sparsegpt", "warm start of --method/--layer-solver mask-search", choices=WARM_STARTS)
+    allocation: str = option(
+        "uniform",
+        "uniform: every layer at --sparsity; owl: outlier-weighted (dense Wanda scores); error: equal "
+        "marginal layer error per removed weight",
+        choices=ALLOCATIONS,
+        group=_ALLOC,
+    )
+    owl_lambda: float = option(PARAMS["owl_lambda"], "owl: block sparsities within s ± λ", group=_ALLOC)
+    owl_m: float = option(PARAMS["owl_m"], "owl: an outlier is a Wanda score above M · mean", group=_ALLOC)
+    alloc_step: float = option(
+        PARAMS["alloc_step"], "error: grid spacing of the measured sparsities", group=_ALLOC
+    )
+    alloc_points: int = option(PARAMS["alloc_points"], "error: grid points on each side of s", group=_ALLOC)
+    alloc_error: str = option(
+        PARAMS["alloc_error"],
+        "error: layer error as ‖(W−Ŵ)X‖²/‖WX‖² or absolute",
+        choices=ERROR_NORMS,
+        group=_ALLOC,
+    )
+    alloc_curves: str = option(
+        PARAMS["alloc_curves"],
+        "error: layer errors of the walk's solver, or of SparseGPT (cheaper for alps/mask-search)",
+        choices=CURVES,
+        group=_ALLOC,
+    )
     sequential: str = option(
         "block",
         "block: all layers of a block from one pass; true: re-run after each group",
@@ -148,6 +175,7 @@ class PruneConfig:
             self._check_iobs()
         if self.stream:
             self._check_stream()
+        self._check_allocation()
         return self
 
     def _check_stream(self) -> None:
@@ -163,6 +191,31 @@ class PruneConfig:
                 f"stream runs in one process: nproc={self.nproc} with stream is not supported yet (every "
                 "rank would write the checkpoint); drop --stream or --nproc"
             )
+        if self.allocation != "uniform":
+            raise ValueError(
+                f"stream prunes one block at a time: allocation={self.allocation!r} needs a dense pre-pass "
+                "over the whole model first; use allocation='uniform' with --stream"
+            )
+
+    def _check_allocation(self) -> None:
+        check_params(
+            self.allocation, 0.5 if self.sparsity is None else self.sparsity, self.allocation_params()
+        )
+        if self.allocation == "uniform":
+            return
+        if self.pattern is not None:
+            raise ValueError(
+                f"allocation {self.allocation!r} needs a sparsity fraction; with pattern {self.pattern!r} "
+                "every layer keeps N of every M (use allocation='uniform')"
+            )
+        if self.per_row:
+            raise ValueError(
+                f"allocation {self.allocation!r} sets per-layer budgets; it cannot combine with per_row"
+            )
+
+    def allocation_params(self) -> dict:
+        """The allocation's parameters (iobs.prune.allocation.PARAMS) as set here."""
+        return {k: getattr(self, k) for k in PARAMS}
 
     def _check_target(self) -> None:
         if self.pattern is not None and self.sparsity is not None:

@@ -250,7 +250,8 @@ def check_calibration(calib_ids, vocab_size: int | None = None) -> torch.Tensor:
 def _fingerprint(state_key: str, calib_ids, solver: LayerSolver, sequential: str, names) -> str:
     h = hashlib.sha256()
     opts = {"per_row": solver.per_row, "blocksize": solver.blocksize, "percdamp": solver.percdamp}
-    for k, default in (("refit", False), ("warm", "sparsegpt")):  # only when set: older states still resume
+    unset = (("refit", False), ("warm", "sparsegpt"), ("layer_sparsity", None))
+    for k, default in unset:  # only when set: older states still resume
         if getattr(solver, k, default) != default:
             opts[k] = getattr(solver, k)
     spec = [
@@ -428,3 +429,38 @@ class _BlockWalk:
             else:
                 records += distributed.solve_group_distributed(self.group, sub, acc, self.solver, extra)
         return records
+
+
+def dense_block_hessians(
+    model: nn.Module,
+    calib_ids: torch.Tensor,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    device=None,
+    offload: bool = True,
+):
+    """Yield (i, {name: module}, {name: HessianAccumulator}) for every decoder block of the *unpruned*
+    model, H from dense upstream inputs: one pass of block i per sample both fills its layers' H and
+    produces block i+1's inputs. The statistics pre-pass of a non-uniform allocation; prunes nothing."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    calib_ids = check_calibration(calib_ids, getattr(emb, "num_embeddings", None))
+    path, blocks = find_blocks(model)
+    all_layers = find_layers(model, include, exclude)
+    was_training = model.training
+    model.eval()
+    try:
+        with _Placement(model, blocks, resolve_device(device), offload) as place:
+            with torch.no_grad():
+                inputs = capture_block_inputs(model, blocks, calib_ids, place.dev)
+            for i, block in enumerate(blocks):
+                place.visit(block, arrive=True)
+                layers = {n: m for n, m in all_layers.items() if n.startswith(f"{path}.{i}.")}
+                with accumulate_hessians(layers) as acc, torch.no_grad():
+                    for j in range(len(inputs)):
+                        inputs.hidden[j] = inputs.call(block, j, i)
+                if layers:
+                    yield i, layers, acc
+                place.visit(block, arrive=False)
+    finally:
+        model.train(was_training)

@@ -27,10 +27,10 @@ RANDOM_VALIDATION = (8, 10**9 + 7)  # validation corpus "random": 8 windows of u
 class _LMSteps:
     """The loop's callbacks for a causal LM and ``config`` (method="iobs")."""
 
-    def __init__(self, tokenizer, config: PruneConfig, vocab: int, progress: bool, on_records):
+    def __init__(self, tokenizer, config: PruneConfig, vocab: int, progress: bool, on_records, solver=None):
         self.tokenizer, self.config = tokenizer, config
         self.progress, self.on_records = progress, on_records
-        self.solver = config.solver()
+        self.solver = config.solver() if solver is None else solver
         n, seed = RANDOM_VALIDATION
         self.validation = {
             v: random_ids(n, config.seqlen, vocab, seed) if v == "random" else v for v in config.validation
@@ -92,13 +92,15 @@ def iobs_prune_lm(
     on_iteration: Callable[[dict], None] | None = None,
     evaluate_dense: bool = True,
     on_records: Callable[[int, list[dict]], None] | None = None,
+    solver=None,
 ) -> LoopResult:
     """Prune ``model`` in place with I-OBS as ``config`` (method="iobs") says: ``config.iterations`` of
     dense step + layer-wise projection with ``config.layer_solver``.
 
     ``stream``: the calibration windows (default: built from ``config``; pass the one-shot run's stream to
     share it). Metrics are named ``ppl:<corpus>``; ``select`` defaults to the first validation corpus.
-    ``on_records(t, records)`` sees iteration t's per-layer records.
+    ``on_records(t, records)`` sees iteration t's per-layer records. ``solver``: the layer solver of every
+    projection (default ``config.solver()``; the API passes one with a non-uniform allocation's map).
     """
     if config.method != "iobs":
         raise ValueError(f"iobs_prune_lm needs a config with method='iobs', got method={config.method!r}")
@@ -108,7 +110,7 @@ def iobs_prune_lm(
         stream = CalibrationStream(
             tokenizer, config.calib, config.nsamples, config.seqlen, config.seed, vocab
         )
-    steps = _LMSteps(tokenizer, config, vocab, progress, on_records)
+    steps = _LMSteps(tokenizer, config, vocab, progress, on_records, solver)
     return run_iobs(
         model,
         iterations=config.iterations,

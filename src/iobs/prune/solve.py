@@ -19,8 +19,10 @@ class LayerSolver:
     """How every layer of a walk is pruned: :func:`iobs.obs.layer.prune_layer` with ``method`` and
     exactly one of ``sparsity`` (fraction per layer, per row with ``per_row``) or ``pattern`` (N:M);
     ``blocksize`` and ``percdamp`` (λ = percdamp · mean(diag H)) go to the solver; ``refit`` re-fits the
-    kept weights exactly on the mask afterwards; ``warm`` is the warm start of ``mask-search``. Checked
-    per layer by the solver, whose errors name the layer."""
+    kept weights exactly on the mask afterwards; ``warm`` is the warm start of ``mask-search``;
+    ``layer_sparsity`` ((name, fraction), ...) replaces ``sparsity`` layer by layer (a non-uniform
+    allocation, iobs.prune.allocation: every layer the solver sees must be named). Checked per layer
+    by the solver, whose errors name the layer."""
 
     method: str = "sparsegpt"
     sparsity: float | None = 0.5
@@ -30,6 +32,7 @@ class LayerSolver:
     percdamp: float = 0.01
     refit: bool = False
     warm: str = "sparsegpt"
+    layer_sparsity: tuple[tuple[str, float], ...] | None = None
 
     def __call__(self, W: torch.Tensor, H: torch.Tensor, name: str):
         from iobs.obs.layer import prune_layer
@@ -37,7 +40,16 @@ class LayerSolver:
         kw = dict(per_row=self.per_row, blocksize=self.blocksize, percdamp=self.percdamp, refit=self.refit)
         if self.method == "mask-search":
             kw["search"] = {"warm": self.warm}
-        return prune_layer(W, H, self.method, self.sparsity, self.pattern, name=name, **kw)
+        return prune_layer(W, H, self.method, self.sparsity_of(name), self.pattern, name=name, **kw)
+
+    def sparsity_of(self, name: str) -> float | None:
+        """The fraction pruned in layer ``name``: its ``layer_sparsity`` entry, else ``sparsity``."""
+        if self.layer_sparsity is None:
+            return self.sparsity
+        for n, s in self.layer_sparsity:
+            if n == name:
+                return s
+        raise ValueError(f"layer {name} has no entry in layer_sparsity (the allocation covers other layers)")
 
 
 DEFAULT_SOLVER = LayerSolver()  # SparseGPT at 50 %

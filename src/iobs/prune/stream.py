@@ -326,8 +326,8 @@ def wants_stream(config):
     if need <= FIT * avail:
         return None
     gib = f"{need / 2**30:.1f} GiB of tensors, {avail / 2**30:.1f} GiB of memory available"
-    if config.method == "iobs" or not config.out:
-        why = "method iobs trains the whole model" if config.method == "iobs" else "no --out to stream to"
+    why = _cannot_stream(config)
+    if why:
         log.warning(
             "%s would not fit in memory (%s), but it cannot stream (%s): loading it whole",
             config.model,
@@ -341,6 +341,19 @@ def wants_stream(config):
         gib,
     )
     return dataclasses.replace(config, stream=True)
+
+
+def _cannot_stream(config) -> str:
+    """Why ``config`` cannot run streamed ('' when it can): the checks of PruneConfig's stream option."""
+    if config.method == "iobs":
+        return "method iobs trains the whole model"
+    if not config.out:
+        return "no --out to stream to"
+    if config.nproc > 1:
+        return "streaming runs in one process"
+    if config.allocation != "uniform":
+        return f"allocation {config.allocation!r} needs a dense pre-pass over the whole model"
+    return ""
 
 
 def prune_stream(config, progress: bool = True, callback=None):
@@ -378,8 +391,9 @@ def prune_stream(config, progress: bool = True, callback=None):
                 "state_dir": state_dir,
                 "state_key": f"{config.key()}:{config.model}",
                 "callback": callback,
+                "placement": place,
             }
-            records = _one_shot(model, ids, config, dev, progress, {**walk, "placement": place})
+            records = _one_shot(model, ids, config, config.solver(), dev, progress, walk)
         _finish(model, tokenizer, writer, tmp)
         with clock("eval_s"):  # the pruned blocks read back from the shards just written
             evals = {}
