@@ -76,7 +76,7 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
             dense_evals = evaluate(model, tokenizer, config, dev, progress)
     state_dir, resumed = _resume_state(config, out)
     with clock("prune_s"):
-        if config.method == "iobs":
+        if config.method == "iobs" or config.finetune_after:
             records, loop = _iobs(model, tokenizer, config, stream, progress, state_dir)
         else:
             state_key = f"{config.key()}:{config.model}"
@@ -86,7 +86,9 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         evals = evaluate(model, tokenizer, config, dev, progress) if config.eval else {}
 
     report = _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings)
-    if loop is not None:
+    if loop is not None and config.finetune_after:
+        report["finetune"] = loop.to_dict() | {"control": control_budget(config)}
+    elif loop is not None:
         report["iobs"] = loop.to_dict()
     if out is not None:
         with clock("save_s"):
@@ -147,12 +149,28 @@ def _one_shot(model, ids, config: PruneConfig, dev, progress: bool, walk: dict) 
     )
 
 
+def control_budget(config: PruneConfig) -> dict:
+    """What the control mirrors: I-OBS(N+1)'s windows, dense steps and steps per round."""
+    n = config.finetune_after
+    steps = config.nsamples * config.epochs if config.dense_step == "finetune" else 1
+    return {
+        "mirrors": f"I-OBS({n + 1})",
+        "rounds": n,
+        "calibration_batches": list(range(1, n + 2)),
+        "tokens": (n + 1) * config.nsamples * config.seqlen,
+        "dense_step": config.dense_step,
+        "steps_per_round": steps if config.dense_step != "none" else 0,
+        "mask": "held from the one-shot prune (pruned gradients zeroed, weights re-masked each step)",
+    }
+
+
 def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir):
-    """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
-    from iobs.prune.iobs_lm import iobs_prune_lm
+    """method="iobs" or the control (finetune_after > 0): the loop; returns (best records, loop)."""
+    from iobs.prune.iobs_lm import finetune_prune_lm, iobs_prune_lm
 
     records: dict[int, list[dict]] = {}
-    res = iobs_prune_lm(
+    run = finetune_prune_lm if config.finetune_after else iobs_prune_lm
+    res = run(
         model,
         tokenizer,
         config,
@@ -162,7 +180,10 @@ def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_d
         state_key=f"{config.key()}:{config.model}",
         on_records=records.__setitem__,
     )
-    return records.get(res.best) or records[max(records)], res
+    best = records.get(res.best) or records[max(records)]
+    if config.finetune_after:  # the control's later rounds hold the one-shot mask: report its layer records
+        best = records[1] if res.best == 1 else [dict(r, held_mask=True) for r in records[1]]
+    return best, res
 
 
 def _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings) -> dict:
@@ -194,7 +215,7 @@ def _report(config, model, ids, dev, resumed, records, evals, dense_evals, timin
 
 
 def _save(model, tokenizer, config: PruneConfig, out: Path, report: dict, loop) -> None:
-    """The checkpoint with report.json; for I-OBS also history.json and history.png."""
+    """The checkpoint with report.json; for I-OBS and the control also history.json and history.png."""
     save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
     if loop is not None:
         from iobs.loop import history_figure
@@ -202,4 +223,8 @@ def _save(model, tokenizer, config: PruneConfig, out: Path, report: dict, loop) 
 
         atomic_write_json(Path(out) / "history.json", loop.to_dict())
         title = f"I-OBS on {config.model} ({config.target})"
+        if config.finetune_after:
+            title = (
+                f"{config.method} + masked {config.dense_step} control on {config.model} ({config.target})"
+            )
         save_figure(history_figure(loop, title=title), Path(out) / "history.png")
