@@ -88,7 +88,12 @@ def run_one(args, pattern: str, name: str, kind: str, kw: dict) -> dict:
     print(f"[{tag}] start", flush=True)
     if path.exists():
         return json.loads(path.read_text())
+    import dataclasses
+
     config = _config(args, pattern, kind, kw)
+    key = config.key()  # (the state key names all corpora: runs started before --val-only resume)
+    if args.val_only:  # per iteration wiki-val only; test corpora at iteration 1 and on the kept model
+        config = dataclasses.replace(config, validation=["wiki-val"])
     model, tok = load_model(args.model, dtype=torch.float32)
     fn = finetune_prune_lm if kind == "control" else iobs_prune_lm
 
@@ -100,7 +105,8 @@ def run_one(args, pattern: str, name: str, kind: str, kw: dict) -> dict:
     t0 = time.perf_counter()
     state = Path(args.runs_dir) / "state" / tag
     shared = _Shared(Path(args.runs_dir), pattern, config, kind, model)
-    shared.seed(state, config.key())
+    shared.tests = lambda: _tests(model, tok, args)
+    shared.seed(state, key)
     res = fn(
         model,
         tok,
@@ -108,7 +114,7 @@ def run_one(args, pattern: str, name: str, kind: str, kw: dict) -> dict:
         select=SELECT,
         progress=False,
         state_dir=state,
-        state_key=config.key(),
+        state_key=key,
         on_iteration=lambda e: (show(e), shared.keep(e)),
         evaluate_dense=shared.dense is None,
     )
@@ -116,10 +122,22 @@ def run_one(args, pattern: str, name: str, kind: str, kw: dict) -> dict:
     rec |= {"seconds": time.perf_counter() - t0, **res.to_dict()}
     if rec["history"][0]["iteration"] != 0:
         rec["history"].insert(0, shared.dense)
+    if args.val_only:
+        rec["best_test"] = _tests(model, tok, args)
     from iobs.utils import atomic_write_json
 
     atomic_write_json(path, rec)
     return rec
+
+
+def _tests(model, tok, args) -> dict:
+    """Perplexity of ``model`` on the test corpora (the loop's windows: first --windows of --seqlen)."""
+    from iobs.eval.perplexity import perplexity
+
+    return {
+        f"ppl:{c}": perplexity(model, tok, c, args.seqlen, args.windows, progress=False)["ppl"]
+        for c in CORPORA[1:]
+    }
 
 
 class _Shared:
@@ -128,7 +146,10 @@ class _Shared:
     def __init__(self, root: Path, pattern: str, config, kind: str, model):
         solver = config.method if kind == "control" else config.layer_solver
         first = config.schedule[0] if config.schedule else pattern
-        self.dir = root / "oneshot" / f"{pattern.replace(':', 'of')}_{solver}_{first.replace(':', 'of')}"
+        # iteration 1 depends on the solver and its target only (a schedule's first target may be another
+        # target's one-shot)
+        self.dir = root / "oneshot" / f"{solver}_{first.replace(':', 'of')}"
+        self.eligible = config.method != "iobs" or config.select_from() == 1
         self.dense_path = root / "dense.json"
         self.dense = json.loads(self.dense_path.read_text()) if self.dense_path.exists() else None
         self.kind, self.model, self.method = kind, model, config.method
@@ -147,8 +168,9 @@ class _Shared:
         state.mkdir(parents=True, exist_ok=True)
         for name in ("last.safetensors", "best.safetensors"):
             shutil.copyfile(self.dir / "model.safetensors", state / name)
-        meta = {"key": hashlib.sha256(key.encode()).hexdigest()[:16], "history": [entry], "best": 1}
-        atomic_write_json(state / "loop.json", meta | {"best_value": entry["metrics"][SELECT]})
+        meta = {"key": hashlib.sha256(key.encode()).hexdigest()[:16], "history": [entry]}
+        best = {"best": 1, "best_value": entry["metrics"][SELECT]} if self.eligible else {}
+        atomic_write_json(state / "loop.json", meta | (best or {"best": 0, "best_value": None}))
         print(f"  iteration 1 shared from {self.dir}", flush=True)
 
     def keep(self, entry: dict) -> None:
@@ -156,17 +178,22 @@ class _Shared:
         from iobs.utils import atomic_write_json
 
         if entry["iteration"] == 0 and self.dense is None:
+            if any(f"ppl:{c}" not in entry["metrics"] for c in CORPORA):
+                entry["metrics"].update(self.tests())
             self.dense = entry
             atomic_write_json(self.dense_path, entry)
         if entry["iteration"] == 1 and not (self.dir / "entry.json").exists():
+            if any(f"ppl:{c}" not in entry["metrics"] for c in CORPORA):
+                entry["metrics"].update(self.tests())  # the one-shot row's test perplexities
             self.dir.mkdir(parents=True, exist_ok=True)
             _save_state(self.model, self.dir / "model.safetensors")
             atomic_write_json(self.dir / "entry.json", entry)
 
 
 def _best(rec: dict) -> dict:
-    its = [h for h in rec["history"] if h["iteration"] == rec["best_iteration"]]
-    return its[0]
+    """The kept iteration's entry, with the test perplexities scored on the kept model (--val-only)."""
+    h = next(h for h in rec["history"] if h["iteration"] == rec["best_iteration"])
+    return h | {"metrics": h["metrics"] | rec.get("best_test", {})}
 
 
 def _ppl(h: dict) -> dict:
@@ -236,7 +263,7 @@ def render(args, runs: list[dict]) -> str:
         f"{n}×{L} wiki-calib tokens per iteration (the control's round r uses I-OBS iteration r+1's "
         f"windows), T = {T} iterations (control: one-shot + {T - 1} masked rounds), perplexity on the "
         f"first {w} windows of {L} tokens of each corpus, best iteration by wiki-val in every run (I-OBS "
-        "and control alike), one thread.\n\n"
+        "and control alike; wiki-test and news scored at iteration 1 and on the kept model), one thread.\n\n"
     )
     text = (
         header("I-OBS vs the fine-tuning control (same tokens, steps, optimiser, lr)", sys.argv)
@@ -277,6 +304,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "iobs_control"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "iobs_control.md"))
     p.add_argument("--render-only", action="store_true")
+    p.add_argument(
+        "--all-corpora",
+        dest="val_only",
+        action="store_false",
+        help="score wiki-test and news after every iteration too (default: at iteration 1 and the kept one)",
+    )
     args = p.parse_args(argv)
     set_threads(args.threads)
     from iobs.utils import atomic_write_text
