@@ -286,6 +286,7 @@ def history_figure(
     metrics: list[str] | None = None,
     title: str = "I-OBS iterations",
     control: LoopResult | None = None,
+    name: str = "I-OBS",
 ):
     """One panel per metric against iteration (dense dashed, best starred; ``control``'s rounds drawn at
     the iteration whose dense step they mirror), then the diagnostics recorded: mask change, layer error
@@ -299,7 +300,7 @@ def history_figure(
     fig, axes = subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
     xs = [h["iteration"] for h in its]
     for ax, m in zip(axes[0], metrics):
-        ax.plot(xs, [h["metrics"].get(m) for h in its], "o-", label="I-OBS")
+        ax.plot(xs, [h["metrics"].get(m) for h in its], "o-", label=name)
         if control is not None:
             cits = [h for h in control.history if h["iteration"] >= 1]
             ax.plot(
@@ -312,11 +313,17 @@ def history_figure(
             ax.plot([best["iteration"]], [best["metrics"].get(m)], "*", ms=16, c="tab:red", label=label)
         _iteration_axis(ax, m, xs)
     for ax, (key, name, keys) in zip(axes[0][len(metrics) :], diags):
-        for k in keys:
-            pts = [(h["iteration"], h[k]) for h in its if h.get(k) is not None]
+        log_scale, drawn = key in ("layer_error", "mask_changed"), 0
+        for k in keys:  # on a log scale zeros (a held mask, an identity projection) are left out
+            pts = [
+                (h["iteration"], h[k]) for h in its if h.get(k) is not None and (h[k] > 0 or not log_scale)
+            ]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=k.removeprefix("loss_"))
-        if key in ("layer_error", "mask_changed"):
-            ax.set_yscale("symlog", linthresh=1e-6) if key == "mask_changed" else ax.set_yscale("log")
+            drawn += len(pts)
+        if log_scale and drawn:
+            ax.set_yscale("log")
+        if key == "mask_changed" and not any(h.get(key) for h in its):
+            ax.text(0.5, 0.5, "0 at every iteration (mask held)", ha="center", transform=ax.transAxes)
         _iteration_axis(ax, name, xs)
         ax.legend(fontsize=7)
     axes[0][0].legend(fontsize=8)

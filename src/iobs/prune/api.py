@@ -222,9 +222,10 @@ def _save(model, tokenizer, config: PruneConfig, out: Path, report: dict, loop) 
         from iobs.utils import save_figure
 
         atomic_write_json(Path(out) / "history.json", loop.to_dict())
-        title = f"I-OBS on {config.model} ({config.target})"
+        title, name = f"I-OBS on {config.model} ({config.target})", "I-OBS"
         if config.finetune_after:
             title = (
                 f"{config.method} + masked {config.dense_step} control on {config.model} ({config.target})"
             )
-        save_figure(history_figure(loop, title=title), Path(out) / "history.png")
+            name = "control"
+        save_figure(history_figure(loop, title=title, name=name), Path(out) / "history.png")
