@@ -34,12 +34,20 @@ SELECT = "ppl:wiki-val"
 TARGETS = {"0.5": 3.0, "0.7": 10.0, "2:4": 10.0}  # % below the control required on wiki-test and news
 FT = {"dense_step": "finetune", "lr": 5e-5}
 NEWTON = {"dense_step": "newton", "lr": 0.01, "damping": 0.01}
-SCHEDULES = {"0.5": "0.3,0.4,0.5", "0.7": "0.5,0.6,0.7", "2:4": "0.3,0.4,2:4"}
+SCHEDULE_START = {"0.5": 0.3, "0.7": 0.5, "2:4": 0.3}  # first target of the sparsity schedule
 
 
-def variants(pattern: str) -> list[tuple[str, str, dict]]:
+def schedule(pattern: str, T: int) -> str:
+    """T targets from SCHEDULE_START[pattern] up to the target, evenly spaced (e.g. 0.5,0.6,0.7)."""
+    start = SCHEDULE_START[pattern]
+    end = 0.5 if ":" in pattern else float(pattern)
+    steps = [round(start + (end - start) * i / (T - 1), 4) for i in range(T - 1)] if T > 1 else []
+    return ",".join([*map(str, steps), pattern])
+
+
+def variants(pattern: str, T: int = 3) -> list[tuple[str, str, dict]]:
     """(name, kind, PruneConfig overrides) of every run for ``pattern``, in the order they run."""
-    sched = SCHEDULES[pattern]
+    sched = schedule(pattern, T)
     return [
         ("control-ft", "control", {"method": "sparsegpt", **FT}),
         ("iobs-ft", "iobs", {"layer_solver": "sparsegpt", **FT}),
@@ -284,7 +292,7 @@ def render(args, runs: list[dict]) -> str:
         "\nmask changed: fraction of pruned-layer weights whose kept/pruned status changed at iterations "
         "2, 3; re-proj. err ÷ first: layer error of the re-projection at iterations 2, 3 over the first "
         "projection's.\n"
-        f"\nSettings: {json.dumps({p: [(n, k, kw) for n, k, kw in variants(p)] for p in by_pattern})}\n"
+        f"\nSettings: {json.dumps({p: variants(p, args.iterations) for p in by_pattern})}\n"
     )
     return text
 
@@ -317,7 +325,7 @@ def main(argv=None) -> int:
     patterns = [x for x in args.patterns.split(",") if x]
     only = set(filter(None, args.only.split(",")))
     # variant-major: the headline pair on every target first, then the variants, one after the other
-    todo = [(pt, *v) for i in range(len(variants("0.5"))) for pt in patterns for v in [variants(pt)[i]]]
+    todo = [(pt, *variants(pt, args.iterations)[i]) for i in range(len(variants("0.5"))) for pt in patterns]
     for pattern, name, kind, kw in todo:
         if not args.render_only and (not only or name in only):
             run_one(args, pattern, name, kind, kw)
