@@ -9,6 +9,13 @@ Starting from the dense model, iteration t = 1..T:
 At the end the best iteration's weights are restored (the paper's star). Every callback is told the
 iteration t, so a caller that shares work between steps 2 and 3 (e.g. one Fisher) keys it by t.
 
+Diagnostics per iteration (optional callbacks): with ``weights(model)`` (the pruned layers' weight
+tensors by name; mask = W ≠ 0) the entry records ``mask_changed`` (fraction of those weights whose
+kept/pruned status differs from the previous iteration's, t ≥ 2), its largest per-layer value and
+``pruned_mass`` = ‖W⁺_S‖ / ‖W⁺‖ after the dense step (S = the previous iteration's pruned set: how far
+the dense step moved pruned weights off zero); with ``loss(model, batch)`` it records the task loss on
+the iteration's batch before the dense step, after it and after the projection.
+
 Resumable: with ``state_dir`` the weights after each finished iteration and the history are persisted
 atomically; a rerun continues after the last finished iteration and gives the same result because
 calibration batches and dense-step seeds depend only on t.
@@ -66,8 +73,8 @@ def _load_state(model: nn.Module, path: Path) -> None:
 class _Tracker:
     """History, best iteration (by ``select``, ``mode``) and its weights; persisted in ``state_dir``."""
 
-    def __init__(self, model: nn.Module, select: str, mode: str, state_dir, state_key: str):
-        self.model, self.select = model, select
+    def __init__(self, model: nn.Module, select: str, mode: str, state_dir, state_key: str, select_from=1):
+        self.model, self.select, self.select_from = model, select, select_from
         self.better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
         self.state = Path(state_dir) if state_dir is not None else None
         self.key = hashlib.sha256(state_key.encode()).hexdigest()[:16]
@@ -102,7 +109,8 @@ class _Tracker:
                 f"select={self.select!r} is not among the evaluated metrics {sorted(entry['metrics'])}"
             )
         entry["finite"] = math.isfinite(value)
-        if entry["finite"] and (self.best_value is None or self.better(value, self.best_value)):
+        eligible = entry["finite"] and entry["iteration"] >= self.select_from
+        if eligible and (self.best_value is None or self.better(value, self.best_value)):
             self.best, self.best_value = entry["iteration"], value
             self.best_weights = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
@@ -144,12 +152,54 @@ def _dense(model, batch, t, dense_step) -> tuple[dict, str | None]:
     return info, None
 
 
-def _entry(t: int, metrics: dict, dense: dict, records: list[dict], seconds: float) -> dict:
+class _Diagnostics:
+    """The diagnostics of the module docstring, measured around the dense step and the projection."""
+
+    def __init__(self, model: nn.Module, weights, loss):
+        self.model, self.weights, self.loss = model, weights, loss
+        self.prev, self.batch, self.out = None, None, {}
+
+    def start(self, batch) -> None:
+        self.batch, self.out = batch, {}
+        if self.weights is not None:
+            self.prev = {n: W.detach() != 0 for n, W in self.weights(self.model).items()}
+        if self.loss is not None:
+            self.out["loss_before"] = self.loss(self.model, batch)
+
+    def dense_done(self, t: int) -> None:
+        if t == 1:
+            return
+        if self.weights is not None:
+            pruned = kept = 0.0
+            for n, W in self.weights(self.model).items():
+                W = W.detach().double()
+                pruned += float(W[~self.prev[n]].square().sum())
+                kept += float(W[self.prev[n]].square().sum())
+            self.out["pruned_mass"] = math.sqrt(pruned / (pruned + kept)) if pruned + kept > 0 else 0.0
+        if self.loss is not None:
+            self.out["loss_dense"] = self.loss(self.model, self.batch)
+
+    def projected(self, t: int) -> dict:
+        if self.weights is not None and t > 1:
+            changed, total, worst = 0, 0, 0.0
+            for n, W in self.weights(self.model).items():
+                c = int(((W.detach() != 0) != self.prev[n]).sum())
+                changed, total = changed + c, total + W.numel()
+                worst = max(worst, c / W.numel())
+            self.out["mask_changed"] = changed / total if total else 0.0
+            self.out["mask_changed_max_layer"] = worst
+        if self.loss is not None:
+            self.out["loss_projected"] = self.loss(self.model, self.batch)
+        self.prev = self.batch = None
+        return self.out
+
+
+def _entry(t: int, metrics: dict, dense: dict, records: list[dict], seconds: float, label) -> dict:
     kept = sum(r["kept"] for r in records)
     numel = sum(r["numel"] for r in records)
     return {
         "iteration": t,
-        "label": f"I-OBS({t})",
+        "label": label(t),
         "metrics": metrics,
         "dense_step": dense,
         "sparsity": 1.0 - kept / numel if numel else None,
@@ -172,6 +222,10 @@ def run_iobs(
     state_dir: str | os.PathLike | None = None,
     state_key: str = "",
     on_iteration: Callable[[dict], None] | None = None,
+    weights: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None,
+    loss: Callable[[nn.Module, object], float] | None = None,
+    select_from: int = 1,
+    label: Callable[[int], str] = lambda t: f"I-OBS({t})",
 ) -> LoopResult:
     """Run T iterations of dense step + projection on ``model`` in place; restore the best iteration.
 
@@ -179,13 +233,24 @@ def run_iobs(
     returns per-layer records (``kept``, ``numel``, ``error``); ``dense_step(model, batch, t)`` returns a
     dict; ``evaluate`` returns metrics containing ``select`` (minimised when ``mode="min"``). A dense step
     that makes weights or metrics non-finite stops the loop (the best finite iteration is kept and the
-    reason recorded). ``on_iteration(entry)`` sees every history entry as it is recorded.
+    reason recorded). ``on_iteration(entry)`` sees every history entry as it is recorded. ``weights`` and
+    ``loss``: the diagnostics of the module docstring. Only iterations t ≥ ``select_from`` can be the
+    best (a sparsity schedule: the first iteration at the final target). ``label(t)`` names entry t.
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    tracker = _Tracker(model, select, mode, state_dir, state_key)
+    if (
+        isinstance(select_from, bool)
+        or not isinstance(select_from, int)
+        or not 1 <= select_from <= iterations
+    ):
+        raise ValueError(
+            f"select_from must be an integer in [1, iterations={iterations}], got {select_from!r}"
+        )
+    tracker = _Tracker(model, select, mode, state_dir, state_key, select_from)
+    diag = _Diagnostics(model, weights, loss)
     notify = on_iteration or (lambda entry: None)
     start = tracker.resume()
     if start == 1 and evaluate_dense:
@@ -199,10 +264,13 @@ def run_iobs(
     for t in range(start, iterations + 1):
         t0 = time.perf_counter()
         batch = calibration(t)
+        diag.start(batch)
         dense, stopped = _dense(model, batch, t, dense_step)
         if stopped is None:
+            diag.dense_done(t)
             records = project(model, batch, t)
-            entry = _entry(t, evaluate(model), dense, records, time.perf_counter() - t0)
+            extra = diag.projected(t)
+            entry = _entry(t, evaluate(model), dense, records, time.perf_counter() - t0, label) | extra
             if not tracker.record(entry):
                 stopped = f"iteration {t}: {select} is not finite"
             notify(entry)
@@ -213,26 +281,67 @@ def run_iobs(
     return LoopResult(history=tracker.history, best=tracker.best, select=select, stopped=stopped)
 
 
-def history_figure(result: LoopResult, metrics: list[str] | None = None, title: str = "I-OBS iterations"):
-    """One panel per metric against iteration; dense as a dashed line, the best iteration starred."""
+def history_figure(
+    result: LoopResult,
+    metrics: list[str] | None = None,
+    title: str = "I-OBS iterations",
+    control: LoopResult | None = None,
+    name: str = "I-OBS",
+):
+    """One panel per metric against iteration (dense dashed, best starred; ``control``'s rounds drawn at
+    the iteration whose dense step they mirror), then the diagnostics recorded: mask change, layer error
+    of each projection and the losses on the iteration's batch."""
     its = [h for h in result.history if h["iteration"] >= 1]
     dense = next((h for h in result.history if h["iteration"] == 0), None)
     best = next((h for h in its if h["iteration"] == result.best), None)
     metrics = metrics or (list(its[0]["metrics"]) if its else [])
-    fig, axes = subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    diags = [d for d in _DIAGNOSTICS if any(d[0] in h for h in its)]
+    n = len(metrics) + len(diags)
+    fig, axes = subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    xs = [h["iteration"] for h in its]
     for ax, m in zip(axes[0], metrics):
-        xs = [h["iteration"] for h in its]
-        ax.plot(xs, [h["metrics"].get(m) for h in its], "o-", label="I-OBS")
+        ax.plot(xs, [h["metrics"].get(m) for h in its], "o-", label=name)
+        if control is not None:
+            cits = [h for h in control.history if h["iteration"] >= 1]
+            ax.plot(
+                [h["iteration"] for h in cits], [h["metrics"].get(m) for h in cits], "s--", label="control"
+            )
         if dense is not None and m in dense["metrics"]:
             ax.axhline(dense["metrics"][m], ls="--", c="gray", label="dense")
         if best is not None:
             label = f"best ({result.select})"
             ax.plot([best["iteration"]], [best["metrics"].get(m)], "*", ms=16, c="tab:red", label=label)
-        ax.set_xlabel("iteration (1 = one-shot)")
-        ax.set_title(m)
-        ax.set_xticks(xs)
-        ax.grid(alpha=0.3)
+        _iteration_axis(ax, m, xs)
+    for ax, (key, name, keys) in zip(axes[0][len(metrics) :], diags):
+        log_scale, drawn = key in ("layer_error", "mask_changed"), 0
+        for k in keys:  # on a log scale zeros (a held mask, an identity projection) are left out
+            pts = [
+                (h["iteration"], h[k]) for h in its if h.get(k) is not None and (h[k] > 0 or not log_scale)
+            ]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=k.removeprefix("loss_"))
+            drawn += len(pts)
+        if log_scale and drawn:
+            ax.set_yscale("log")
+        if key == "mask_changed" and not any(h.get(key) for h in its):
+            ax.text(0.5, 0.5, "0 at every iteration (mask held)", ha="center", transform=ax.transAxes)
+        _iteration_axis(ax, name, xs)
+        ax.legend(fontsize=7)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# (key present in an entry, panel title, entry keys drawn)
+_DIAGNOSTICS = (
+    ("mask_changed", "mask changed vs previous iteration", ("mask_changed", "mask_changed_max_layer")),
+    ("layer_error", "layer error of the projection", ("layer_error",)),
+    ("loss_before", "loss on the iteration's batch", ("loss_before", "loss_dense", "loss_projected")),
+)
+
+
+def _iteration_axis(ax, title: str, xs: list[int]) -> None:
+    ax.set_xlabel("iteration (1 = one-shot)")
+    ax.set_title(title)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)

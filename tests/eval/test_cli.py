@@ -67,14 +67,20 @@ def test_demo_compares_methods_on_the_same_windows(tmp_path, text_file, news_fil
     out = tmp_path / "demo"
     args = (
         "demo --model tiny-llama --nsamples 4 --seqlen 32 --max-windows 2 --methods magnitude,sparsegpt "
+        "--iobs-nsamples 2 --lr 1e-3 "
         f"--calib {text_file} --eval {text_file},{news_file} --out {out} --quiet"
     )
     rc = main(args.split())
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["rows"]] == ["dense", "magnitude", "sparsegpt"]
+    names = ["dense", "magnitude", "sparsegpt", "sparsegpt+FT(1) (control)", "I-OBS(2)"]
+    assert [r["method"] for r in res["rows"]] == names
     for r in res["rows"][1:]:
         assert r["sparsity"] == pytest.approx(0.5, abs=1e-9)
+    # the I-OBS(2) and control rows moved away from the SparseGPT row they start from
+    sgpt = res["rows"][2]["ppl"][str(news_file)]["ppl"]
+    assert all(r["ppl"][str(news_file)]["ppl"] != sgpt for r in res["rows"][3:])
+    assert res["iobs"]["nsamples"] == 2
     for corpus in (str(text_file), str(news_file)):
         assert {r["ppl"][corpus]["tokens"] for r in res["rows"]} == {2 * 31}
     table = (out / "table.md").read_text()

@@ -97,6 +97,11 @@ def test_table1_smoke(tmp_path):
     assert sum(r["selected"] for r in records) == 1
     assert "SparseGPT = I-OBS(1)" in (out / "table.md").read_text()
     assert (out / "table1.png").stat().st_size > 5000
+    # the fine-tuning control: same one-shot start, mask held in its dense step, reported beside I-OBS
+    report = json.loads((out / "report.json").read_text())
+    ctl, loop = report["control"]["history"], report["loop"]["history"]
+    assert ctl[1]["metrics"] == loop[1]["metrics"] and ctl[2]["mask_changed"] == 0.0
+    assert "I-OBS − control" in (out / "table.md").read_text()
     with pytest.raises(ValueError, match="sparsity"):
         table1.run(_args(table1, ["--sparsity", "1.5", "--out", str(tmp_path)]))
 

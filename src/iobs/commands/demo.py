@@ -1,4 +1,5 @@
-"""``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda, SparseGPT and ALPS and compare.
+"""``iobs demo``: prune the packaged SmolLM2-135M with magnitude, Wanda, SparseGPT and ALPS and compare,
+then I-OBS(2) and its fine-tuning control.
 
 One dense model, one calibration batch and one fixed set of evaluation windows per corpus; every
 method prunes a fresh copy of the dense model with :func:`iobs.prune.decoder.prune_decoder` and is
@@ -6,6 +7,13 @@ scored on exactly the same windows (paired comparison). Writes ``results.json``,
 bar chart ``demo.png`` to ``--out`` (replacing earlier demo results there, each file atomically).
 The defaults are cut down (16 calibration sequences, the first 16 windows of each corpus) so the demo
 finishes in minutes on 2 CPU cores; ``benchmarks/llm_quality.py`` runs the full 32x512 protocol.
+
+With ``--iobs-nsamples`` n > 0 (default 8) two rows follow, both continuing from the SparseGPT row
+(= I-OBS iteration 1): I-OBS(2) takes one dense step (one Adam pass, ``--lr``, over n fresh windows of
+the calibration source, the stream's batch 2) and re-projects with SparseGPT on those windows; the
+control takes the same step on the same windows with the SparseGPT mask held (``--finetune-after 1``).
+Iteration 2 uses fewer windows than iteration 1 (n instead of ``--nsamples``) to keep the demo short,
+and neither row selects an iteration on validation data (both report iteration 2).
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ class DemoConfig:
         default_factory=lambda: ["wiki-test", "news"], help="comma-separated corpora", parse=csv_list
     )
     max_windows: int = option(16, "first N windows of each corpus (0 = all)")
+    iobs_nsamples: int = option(8, "I-OBS(2) and control rows: windows of the dense step (0 = no rows)")
+    lr: float = option(5e-5, "I-OBS(2) and control rows: Adam learning rate of the dense step")
     device: str = option("auto", "auto, cpu, cuda ...")
     out: str = option("runs/demo", "folder for results.json, table.md, demo.png")
 
@@ -61,6 +71,9 @@ class DemoConfig:
         check_int_range("nsamples", self.nsamples, 1, 100_000)
         check_int_range("seqlen", self.seqlen, 2, 1_000_000)
         check_int_range("max_windows", self.max_windows, 0, 10_000_000)
+        check_int_range("iobs_nsamples", self.iobs_nsamples, 0, 100_000)
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
+            raise ValueError(f"lr must be a number in (0, 1), got {self.lr!r}")
 
 
 def add_arguments(parser) -> None:
@@ -88,8 +101,9 @@ def _score(model, windows: dict[str, torch.Tensor], seqlen: int, device, progres
     return out
 
 
-def _prune_row(dense, method: str, calib, windows, cfg: DemoConfig, dev, progress: bool) -> dict:
-    """Prune a copy of ``dense`` with ``method``; its perplexities on the shared windows."""
+def _prune_row(dense, method: str, calib, windows, cfg: DemoConfig, dev, progress: bool):
+    """Prune a copy of ``dense`` with ``method``; (its row with perplexities on the shared windows, the
+    pruned model)."""
     from iobs.prune.decoder import prune_decoder
     from iobs.prune.report import summarize
     from iobs.prune.solve import LayerSolver
@@ -102,7 +116,7 @@ def _prune_row(dense, method: str, calib, windows, cfg: DemoConfig, dev, progres
     records = prune_decoder(model, ids, solver, progress=progress, device=dev)
     prune_s = time.perf_counter() - t0
     summary = summarize(records)
-    return {
+    row = {
         "method": method,
         "sparsity": summary["sparsity"],
         "ppl": _score(model, windows, cfg.seqlen, dev, progress),
@@ -110,6 +124,43 @@ def _prune_row(dense, method: str, calib, windows, cfg: DemoConfig, dev, progres
         "rel_error_mean": summary["rel_error_mean"],
         "layers": summary["layers"],
     }
+    return row, model.to("cpu")
+
+
+def _iobs_rows(sgpt, sgpt_row: dict, tok, windows, cfg: DemoConfig, dev, progress: bool) -> list[dict]:
+    """I-OBS(2) and its control from the SparseGPT-pruned model ``sgpt`` (see the module docstring)."""
+    from iobs.data.calibration import CalibrationStream
+    from iobs.prune.decoder import prune_decoder
+    from iobs.prune.dense_step import dense_step, lm_loss
+    from iobs.prune.solve import LayerSolver
+
+    ids = CalibrationStream(tok, cfg.calib, cfg.iobs_nsamples, cfg.seqlen, cfg.seed).batch(2)
+    step = dict(lr=cfg.lr, epochs=1, seed=cfg.seed + 2)  # I-OBS iteration 2's dense-step seed
+    rows = []
+    for name in ("sparsegpt+FT(1) (control)", "I-OBS(2)"):
+        model = copy.deepcopy(sgpt).to(dev)
+        t0 = time.perf_counter()
+        if name == "I-OBS(2)":
+            dense_step("finetune", model, list(ids.split(1)), lm_loss, **step)
+            solver = LayerSolver("sparsegpt", None if cfg.pattern else cfg.sparsity, cfg.pattern)
+            prune_decoder(model.to("cpu"), ids, solver, progress=progress, device=dev)
+        else:
+            masks = {n: W.detach() != 0 for n, W in _weights(model).items()}
+            dense_step("finetune", model, list(ids.split(1)), lm_loss, masks=masks, pruned_scale=0.0, **step)
+        seconds = time.perf_counter() - t0
+        kept = sum(int((W != 0).sum()) for W in _weights(model).values())
+        total = sum(W.numel() for W in _weights(model).values())
+        ppl = _score(model, windows, cfg.seqlen, dev, progress)
+        rows.append({"method": name, "sparsity": 1 - kept / total, "ppl": ppl})
+        rows[-1] |= {"prune_s": sgpt_row["prune_s"] + seconds, "dense_step_windows": int(ids.shape[0])}
+        model.to("cpu")
+    return rows
+
+
+def _weights(model):
+    from iobs.prune.iobs_lm import decoder_layers
+
+    return {n: m.weight for n, m in decoder_layers(model).items()}
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
@@ -132,9 +183,20 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     ppl = _score(dense, windows, cfg.seqlen, dev, progress)
     rows = [{"method": "dense", "sparsity": 0.0, "ppl": ppl, "prune_s": 0.0}]
     dense.to("cpu")
-    for method in cfg.methods:
+    sgpt = None
+    methods = list(cfg.methods)
+    if cfg.iobs_nsamples and "sparsegpt" not in methods:
+        methods.append("sparsegpt")  # I-OBS iteration 1
+    for method in methods:
         say(f"pruning with {method} ...")
-        rows.append(_prune_row(dense, method, calib, windows, cfg, dev, progress))
+        row, model = _prune_row(dense, method, calib, windows, cfg, dev, progress)
+        rows.append(row)
+        sgpt = (model, row) if method == "sparsegpt" else sgpt
+    if cfg.iobs_nsamples:
+        say(
+            f"I-OBS(2) and its control: one dense step on {cfg.iobs_nsamples} x {cfg.seqlen} fresh tokens ..."
+        )
+        rows += _iobs_rows(*sgpt, tok, windows, cfg, dev, progress)
     results = {
         "model": cfg.model,
         "target": cfg.pattern or f"{cfg.sparsity:g}",
@@ -152,6 +214,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             }
             for k, v in windows.items()
         },
+        "iobs": {"nsamples": cfg.iobs_nsamples, "lr": cfg.lr, "seqlen": cfg.seqlen}
+        if cfg.iobs_nsamples
+        else None,
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "load_seconds": load_s,
@@ -177,7 +242,7 @@ def format_table(results: dict) -> str:
         f"calibration {cal['nsamples']} x {cal['seqlen']} tokens from {cal['source']} (seed {cal['seed']}); "
         f"perplexity on the first non-overlapping windows, the same for every method: {win}; "
         f"device {results['device']}, {results.get('threads', '?')} threads; magnitude needs no calibration "
-        "data (walked with one sequence)\n\n"
+        "data (walked with one sequence)\n\n" + _iobs_note(results.get("iobs"), cal["nsamples"])
     )
     rows = []
     for r in results["rows"]:
@@ -187,6 +252,18 @@ def format_table(results: dict) -> str:
         row["prune s"] = f"{r['prune_s']:.1f}" if r["method"] != "dense" else "-"
         rows.append(row)
     return head + markdown_table(rows)
+
+
+def _iobs_note(iobs: dict | None, nsamples: int) -> str:
+    if not iobs:
+        return ""
+    return (
+        f"I-OBS(2) = the SparseGPT row + one dense step (one Adam pass, lr {iobs['lr']:g}, over "
+        f"{iobs['nsamples']} fresh {iobs['seqlen']}-token windows; reduced from {nsamples} to keep the "
+        "demo short) + SparseGPT re-projection on those windows; sparsegpt+FT(1) (control) = the same "
+        "step on the same windows with the SparseGPT mask held. Neither selects on validation data; "
+        "'prune s' includes the SparseGPT row's time.\n\n"
+    )
 
 
 def _target_label(target: str) -> str:

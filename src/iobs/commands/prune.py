@@ -54,7 +54,7 @@ def format_report(report: dict, per_layer: bool = False) -> str:
         f"layers {s['layers']}, weights {s['params']:,}, pruned {s['sparsity']:.2%} "
         f"(exact zeros {s['zeros']:.2%}), mean relative error {s['rel_error_mean']:.4g}"
     )
-    lines += _eval_lines(report) + _iobs_lines(report.get("iobs"))
+    lines += _eval_lines(report) + _iobs_lines(report.get("iobs") or report.get("finetune"))
     t = report["timings"]
     times = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in t.items())
     mem = report.get("memory", {})
@@ -81,14 +81,13 @@ def _eval_lines(report: dict) -> list[str]:
 
 
 def _iobs_lines(loop: dict | None) -> list[str]:
-    """One line per I-OBS iteration (the best starred) and why the loop stopped early, if it did."""
+    """One line per I-OBS (or control) iteration, the best starred, and why the loop stopped early."""
     lines = []
     for h in (loop or {}).get("history", []):
         ppl = ", ".join(f"{k} {v:.3f}" for k, v in h["metrics"].items())
         star = " ★" if h["iteration"] == loop["best_iteration"] else ""
-        lines.append(
-            f"I-OBS iteration {h['iteration']}{' (dense)' if h['iteration'] == 0 else ''}: {ppl}{star}"
-        )
+        changed = f", mask changed {h['mask_changed']:.3%}" if h.get("mask_changed") is not None else ""
+        lines.append(f"iteration {h['iteration']} ({h.get('label', 'dense')}): {ppl}{changed}{star}")
     if loop and loop.get("stopped"):
         lines.append(f"stopped early: {loop['stopped']}")
     return lines

@@ -88,9 +88,10 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
         group.barrier()  # rank 0 has cleared a --no-resume state before any rank reads it
     with clock("prune_s"):
         solver, allocation = layer_solver(model, ids, config, dev)
-        if config.method == "iobs":
+        if config.method == "iobs" or config.finetune_after:
             loop_dir = _loop_dir(config, state_dir, group)
-            records, loop = _iobs(model, tokenizer, config, stream, progress and main, loop_dir, solver)
+            mapped = solver if allocation is not None else None  # None: config.solver(t) (schedules)
+            records, loop = _iobs(model, tokenizer, config, stream, progress and main, loop_dir, mapped)
         else:
             state_key = f"{config.key()}:{config.model}"
             walk = {"state_dir": state_dir, "state_key": state_key, "callback": callback}
@@ -102,7 +103,9 @@ def prune_model(config: PruneConfig, progress: bool = True, callback=None):
     report["processes"] = 1 if group is None else group.world
     if allocation is not None:
         report["allocation"] = allocation
-    if loop is not None:
+    if loop is not None and config.finetune_after:
+        report["finetune"] = loop.to_dict() | {"control": control_budget(config)}
+    elif loop is not None:
         report["iobs"] = loop.to_dict()
     if not main and loop is not None and state_dir is not None:
         shutil.rmtree(_loop_dir(config, state_dir, group), ignore_errors=True)  # this rank's loop state
@@ -227,12 +230,28 @@ def _one_shot(model, ids, config: PruneConfig, solver, dev, progress: bool, walk
     )
 
 
+def control_budget(config: PruneConfig) -> dict:
+    """What the control mirrors: I-OBS(N+1)'s windows, dense steps and steps per round."""
+    n = config.finetune_after
+    steps = config.nsamples * config.epochs if config.dense_step == "finetune" else 1
+    return {
+        "mirrors": f"I-OBS({n + 1})",
+        "rounds": n,
+        "calibration_batches": list(range(1, n + 2)),
+        "tokens": (n + 1) * config.nsamples * config.seqlen,
+        "dense_step": config.dense_step,
+        "steps_per_round": steps if config.dense_step != "none" else 0,
+        "mask": "held from the one-shot prune (pruned gradients zeroed, weights re-masked each step)",
+    }
+
+
 def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_dir, solver):
-    """method="iobs": the loop over ``config.layer_solver``; returns (best iteration records, loop)."""
-    from iobs.prune.iobs_lm import iobs_prune_lm
+    """method="iobs" or the control (finetune_after > 0): the loop; returns (best records, loop)."""
+    from iobs.prune.iobs_lm import finetune_prune_lm, iobs_prune_lm
 
     records: dict[int, list[dict]] = {}
-    res = iobs_prune_lm(
+    run = finetune_prune_lm if config.finetune_after else iobs_prune_lm
+    res = run(
         model,
         tokenizer,
         config,
@@ -243,7 +262,10 @@ def _iobs(model, tokenizer, config: PruneConfig, stream, progress: bool, state_d
         on_records=records.__setitem__,
         solver=solver,
     )
-    return records.get(res.best) or records[max(records)], res
+    best = records.get(res.best) or records[max(records)]
+    if config.finetune_after:  # the control's later rounds hold the one-shot mask: report its layer records
+        best = records[1] if res.best == 1 else [dict(r, held_mask=True) for r in records[1]]
+    return best, res
 
 
 def _report(config, model, ids, dev, resumed, records, evals, dense_evals, timings) -> dict:
@@ -275,12 +297,17 @@ def _report(config, model, ids, dev, resumed, records, evals, dense_evals, timin
 
 
 def _save(model, tokenizer, config: PruneConfig, out: Path, report: dict, loop) -> None:
-    """The checkpoint with report.json; for I-OBS also history.json and history.png."""
+    """The checkpoint with report.json; for I-OBS and the control also history.json and history.png."""
     save_checkpoint(model, tokenizer, out, report, overwrite=config.overwrite)
     if loop is not None:
         from iobs.loop import history_figure
         from iobs.utils import save_figure
 
         atomic_write_json(Path(out) / "history.json", loop.to_dict())
-        title = f"I-OBS on {config.model} ({config.target})"
-        save_figure(history_figure(loop, title=title), Path(out) / "history.png")
+        title, name = f"I-OBS on {config.model} ({config.target})", "I-OBS"
+        if config.finetune_after:
+            title = (
+                f"{config.method} + masked {config.dense_step} control on {config.model} ({config.target})"
+            )
+            name = "control"
+        save_figure(history_figure(loop, title=title, name=name), Path(out) / "history.png")

@@ -26,11 +26,15 @@ from iobs.utils import DTYPES
 METHODS = (*LAYER_SOLVERS, "iobs")
 _IOBS = "I-OBS (--method iobs); defaults = the best setting of the Table 2 search"
 
-# fields that do not change the pruned weights (left out of the resume key)
 # fields that join the resume key only when set (added after runs were saved under the older keys)
-_KEY_IF_SET = ("refit", "warm", "allocation", *PARAMS)
+_KEY_IF_SET = ("refit", "warm", "allocation", *PARAMS, "finetune_after", "schedule", "pruned_scale")
 _ALLOC = "layer-wise sparsity allocation (--allocation owl|error); the global budget stays floor(s·Σn)"
+_CONTROL = (
+    "fine-tuning control of I-OBS: one-shot --method, then --finetune-after N rounds of the dense step "
+    "with the mask fixed (the budget of I-OBS(N+1))"
+)
 
+# fields that do not change the pruned weights (left out of the resume key)
 _NOT_IN_KEY = (
     "out",
     "overwrite",
@@ -43,6 +47,7 @@ _NOT_IN_KEY = (
     "nproc",  # like device: changes H only by the order of its float sums
     "stream",  # streaming gives the in-memory path's weights bit for bit
     "auto_stream",
+    "diag_windows",
 )
 
 
@@ -137,6 +142,23 @@ class PruneConfig:
         group=_IOBS,
     )
     val_max_windows: int | None = option(16, "windows per validation corpus", parse=int, group=_IOBS)
+    schedule: list[str] | None = option(
+        None,
+        "per-iteration targets t=1..T, e.g. 0.3,0.4,0.5 or 0.3,0.4,2:4 (the last = --sparsity/--pattern)",
+        parse=csv_list,
+        group=_IOBS,
+    )
+    pruned_scale: float = option(
+        1.0, "dense step: movement of the currently pruned weights x this (1 = plain)", group=_IOBS
+    )
+    diag_windows: int = option(
+        4, "windows of each iteration's batch for the diagnostic losses (0 = none)", group=_IOBS
+    )
+    finetune_after: int = option(
+        0,
+        "N rounds; round r = I-OBS iteration r+1's windows and dense step, mask held (0 = off)",
+        group=_CONTROL,
+    )
 
     def __post_init__(self):
         self.validate()
@@ -171,18 +193,27 @@ class PruneConfig:
         for name in ("eval_seqlen", "eval_max_windows"):
             if getattr(self, name) is not None:
                 check_int_range(name, getattr(self, name), 1, 10**9)
-        if self.method == "iobs":
+        check_int_range("finetune_after", self.finetune_after, 0, 10**4)
+        check_int_range("diag_windows", self.diag_windows, 0, 10**6)
+        if self.method == "iobs" and self.finetune_after:
+            raise ValueError(
+                f"finetune_after={self.finetune_after} is the control of one-shot methods; the control of "
+                "I-OBS(T) is --method <its --layer-solver> --finetune-after T-1"
+            )
+        if self.method == "iobs" or self.finetune_after:
             self._check_iobs()
         if self.stream:
             self._check_stream()
         self._check_allocation()
+        self._check_variants()
         return self
 
     def _check_stream(self) -> None:
-        if self.method == "iobs":
+        if self.method == "iobs" or self.finetune_after:
             raise ValueError(
-                "stream works with the one-shot layer solvers, not method='iobs' (its dense step trains the "
-                f"whole model at once); choose one of {', '.join(LAYER_SOLVERS)} or drop --stream"
+                "stream works with the one-shot layer solvers, not method='iobs' or finetune_after (a dense "
+                f"step trains the whole model at once); choose one of {', '.join(LAYER_SOLVERS)} or drop "
+                "--stream"
             )
         if not self.out:
             raise ValueError("stream writes each pruned block to the output checkpoint: give out (--out)")
@@ -212,10 +243,40 @@ class PruneConfig:
             raise ValueError(
                 f"allocation {self.allocation!r} sets per-layer budgets; it cannot combine with per_row"
             )
+        if self.schedule is not None:
+            raise ValueError(
+                f"allocation {self.allocation!r} plans the final target's per-layer budgets; it cannot "
+                "combine with a sparsity schedule (use allocation='uniform' with --schedule)"
+            )
 
     def allocation_params(self) -> dict:
         """The allocation's parameters (iobs.prune.allocation.PARAMS) as set here."""
         return {k: getattr(self, k) for k in PARAMS}
+
+    def _check_variants(self) -> None:
+        """schedule (I-OBS only, one target per iteration, ending at the target) and pruned_scale."""
+        v = self.pruned_scale
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"pruned_scale must be a finite number >= 0, got {v!r}")
+        if v != 1 and self.method != "iobs":
+            raise ValueError(
+                f"pruned_scale={v} applies to I-OBS's dense step (--method iobs); the control always "
+                "keeps its mask"
+            )
+        if isinstance(self.schedule, str):
+            self.schedule = csv_list(self.schedule)
+        if self.schedule is None:
+            return
+        if self.method != "iobs":
+            raise ValueError(f"schedule applies to --method iobs, got method={self.method!r}")
+        if len(self.schedule) != self.iterations:
+            raise ValueError(
+                f"schedule must give one target per iteration ({self.iterations}), got {len(self.schedule)}: "
+                f"{self.schedule}"
+            )
+        self.schedule = [_target_text(t) for t in self.schedule]
+        if _parse_target(self.schedule[-1]) != (self.sparsity, self.pattern):
+            raise ValueError(f"schedule must end at the target {self.target}, got {self.schedule[-1]!r}")
 
     def _check_target(self) -> None:
         if self.pattern is not None and self.sparsity is not None:
@@ -258,13 +319,25 @@ class PruneConfig:
         """Human label of the sparsity target: '50%' or '2:4'."""
         return self.pattern if self.pattern else f"{100 * self.sparsity:g}%"
 
-    def solver(self) -> LayerSolver:
-        """The layer solver: ``method`` (one-shot) or ``layer_solver`` (inside I-OBS)."""
+    def target_at(self, t: int | None = None) -> tuple[float | None, str | None]:
+        """(sparsity, pattern) of iteration ``t`` (the schedule's entry t; the target without one)."""
+        if self.schedule is None or t is None:
+            return self.sparsity, self.pattern
+        return _parse_target(self.schedule[t - 1])
+
+    def select_from(self) -> int:
+        """The first iteration at the final target (only those can be the best iteration)."""
+        final = self.target_at()
+        return next(t for t in range(1, self.iterations + 1) if self.target_at(t) == final)
+
+    def solver(self, t: int | None = None) -> LayerSolver:
+        """The layer solver: ``method`` (one-shot) or ``layer_solver`` (I-OBS, at iteration t's target)."""
         method = self.layer_solver if self.method == "iobs" else self.method
+        sparsity, pattern = self.target_at(t) if self.method == "iobs" else (self.sparsity, self.pattern)
         return LayerSolver(
             method,
-            self.sparsity,
-            self.pattern,
+            sparsity,
+            pattern,
             self.per_row,
             self.blocksize,
             self.percdamp,
@@ -282,6 +355,25 @@ class PruneConfig:
             if d[name] == defaults[name]:
                 del d[name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _target_text(value) -> str:
+    """A schedule entry as text ('0.3' or '2:4'), checked."""
+    text = str(value).strip()
+    try:
+        sparsity, pattern = _parse_target(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"schedule entries must be sparsities in [0, 1) or N:M patterns, got {value!r} ({e})"
+        ) from None
+    return pattern if pattern else repr(sparsity)
+
+
+def _parse_target(text: str) -> tuple[float | None, str | None]:
+    if ":" in text:
+        n, m = parse_nm(text, "schedule")
+        return None, f"{n}:{m}"
+    return check_sparsity(float(text)), None
 
 
 def _check_choice(name: str, value, allowed: tuple) -> None:

@@ -6,6 +6,14 @@
 * ``finetune``: a few optimiser steps (Adam or SGD) on the calibration batches with all weights free.
 * ``none``: nothing; the loop then only re-projects.
 
+Both steps take ``masks`` ({layer name: bool mask of layer.weight, True = kept}) and ``pruned_scale``
+s: the movement of the coordinates outside the mask is multiplied by s. s = 1 is the plain dense step;
+s > 1 moves pruned weights further (more chance to be re-selected); s = 0 is the masked step of the
+fine-tuning control: ``finetune`` zeroes the pruned coordinates' gradients before clipping and re-masks
+the weights after every optimiser step, ``newton`` takes the restricted Newton step on the kept set,
+row by row Ŵ_Q = W_Q − η·G_Q ((H̄ + λI)_QQ)⁻¹ (:func:`iobs.obs.refit.refit` of the Newton point onto
+the mask, exact when W is already 0 off the mask). No pruned weight becomes non-zero.
+
 Every step returns a small dict (loss before/after where measured, seconds) for the loop's history.
 """
 
@@ -59,11 +67,14 @@ def newton_step(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     group=None,
+    masks: dict[str, torch.Tensor] | None = None,
+    pruned_scale: float = 1.0,
 ) -> dict:
     """W⁺ = W − lr · G (H̄ + λI)⁻¹ for every prunable layer; λ = damping · mean(diag H̄) (absolute when that
     mean is 0), escalated by the damping policy of :mod:`iobs.obs.damping` when the Cholesky fails.
     ``group`` (:class:`iobs.prune.distributed.Group`): each rank takes its shard of the batches; G, H and
-    the loss are summed over the ranks (the same step up to float summation order)."""
+    the loss are summed over the ranks (the same step up to float summation order).
+    ``masks`` / ``pruned_scale``: see the module docstring (0 = restricted Newton step on the mask)."""
     from iobs.obs.damping import cholesky_damped
 
     lr = _check_lr(lr)
@@ -74,6 +85,7 @@ def newton_step(
     layers = find_layers(model, include, exclude)
     if not layers:
         raise ValueError(f"no prunable layer matches include={include} exclude={exclude}")
+    masks = _check_masks(masks, pruned_scale, dict(model.named_modules()))
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -97,7 +109,10 @@ def newton_step(
         L, _ = cholesky_damped(Hbar, damping * scale, name=f"H̄ of {name}", scale=scale)
         step = torch.cholesky_solve(G.t(), L).t()  # G (H̄ + λI)⁻¹  (H̄ symmetric)
         W = get_weight(layer)
-        set_weight(layer, W - lr * step.to(W.dtype))
+        mask = masks.get(name)
+        if mask is not None:
+            mask = _as_matrix(layer, mask.to(W.dtype)) > 0
+        set_weight(layer, _newton_update(W, step, lr, Hbar, damping, mask, pruned_scale, name))
         steps[name] = float(step.norm())
     model.zero_grad(set_to_none=True)
     model.train(was_training)
@@ -107,8 +122,39 @@ def newton_step(
         "lr": lr,
         "damping": damping,
         "layers": len(steps),
+        "masked": bool(masks) and pruned_scale == 0,
+        "pruned_scale": pruned_scale,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _newton_update(W, step, lr, Hbar, damping, mask, pruned_scale, name) -> torch.Tensor:
+    """W − lr·step, with the movement off ``mask`` scaled by ``pruned_scale`` (0: restricted Newton)."""
+    W_plus = W - lr * step.to(W.dtype)
+    if mask is None or pruned_scale == 1:
+        return W_plus
+    if pruned_scale == 0:
+        from iobs.obs.refit import refit
+
+        Wf = W_plus.to(Hbar.dtype)
+        W_hat = refit(Wf, Hbar, mask, percdamp=damping, W0=Wf * mask, name=f"H̄ of {name}")
+        return (W_hat * mask).to(W.dtype)
+    return torch.where(mask, W_plus, W - pruned_scale * lr * step.to(W.dtype))
+
+
+def _check_masks(masks, pruned_scale, modules: dict) -> dict:
+    """``masks`` validated against the model's modules; required unless ``pruned_scale`` is 1."""
+    if isinstance(pruned_scale, bool) or not isinstance(pruned_scale, (int, float)):
+        raise ValueError(f"pruned_scale must be a number >= 0, got {pruned_scale!r}")
+    if not math.isfinite(pruned_scale) or pruned_scale < 0:
+        raise ValueError(f"pruned_scale must be a finite number >= 0, got {pruned_scale!r}")
+    if pruned_scale != 1 and not masks:
+        raise ValueError(f"pruned_scale={pruned_scale} needs masks (which weights are pruned), got none")
+    for name, mask in (masks or {}).items():
+        weight = getattr(modules.get(name), "weight", None)
+        if weight is None or mask.dtype != torch.bool or mask.shape != weight.shape:
+            raise ValueError(f"masks[{name!r}] must be a boolean tensor shaped like that layer's weight")
+    return masks or {}
 
 
 def _as_matrix(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
@@ -132,15 +178,20 @@ def finetune_step(
     max_grad_norm: float | None = 1.0,
     seed: int = 0,
     group=None,
+    masks: dict[str, torch.Tensor] | None = None,
+    pruned_scale: float = 1.0,
 ) -> dict:
     """``epochs`` passes over the batches, one optimiser step per batch (order shuffled with ``seed``).
     ``group``: data-parallel, one step per R consecutive batches of the order (rank r takes the r-th), on
-    the mean gradient (DistributedDataParallel's semantics: R times fewer steps of R times the batch)."""
+    the mean gradient (DistributedDataParallel's semantics: R times fewer steps of R times the batch).
+    ``masks`` / ``pruned_scale``: see the module docstring (0 = masked fine-tuning)."""
     lr = _check_lr(lr)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    modules = dict(model.named_modules())
+    masked = [(modules[n].weight, m) for n, m in _check_masks(masks, pruned_scale, modules).items()]
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,9 +209,13 @@ def finetune_step(
                 raise FloatingPointError(f"fine-tuning loss became {float(loss.detach())} at lr={lr}")
             if group is None:
                 loss.backward()
+            if pruned_scale == 0:  # masked fine-tuning: the pruned coordinates get no gradient
+                for p, m in masked:
+                    if p.grad is not None:
+                        p.grad.mul_(m)
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
+            _masked_step(opt, masked, pruned_scale)
             losses.append(float(loss.detach()))
     opt.zero_grad(set_to_none=True)
     del opt
@@ -173,6 +228,8 @@ def finetune_step(
         "lr": lr,
         "epochs": epochs,
         "optimizer": optimizer,
+        "masked": bool(masked) and pruned_scale == 0,
+        "pruned_scale": pruned_scale,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -193,6 +250,23 @@ def _dp_loss(model, batches, i, loss_fn, device, group, params) -> torch.Tensor:
         loss.backward()
         value = float(loss.detach())
     return torch.tensor(group.all_reduce_grads(params, value))
+
+
+@torch.no_grad()
+def _masked_step(opt, masked: list, pruned_scale: float) -> None:
+    """``opt.step()``; off each mask the update is scaled by ``pruned_scale`` (0: weights re-masked)."""
+    if not masked or pruned_scale == 1:
+        opt.step()
+        return
+    if pruned_scale == 0:
+        opt.step()
+        for p, m in masked:
+            p.mul_(m)
+        return
+    old = [p.detach().clone() for p, _ in masked]
+    opt.step()
+    for (p, m), p0 in zip(masked, old):
+        p.copy_(torch.where(m, p, torch.lerp(p0, p, pruned_scale)))
 
 
 def dense_step(name: str, model: nn.Module, batches: Sequence, loss_fn: LossFn, **kwargs) -> dict:

@@ -345,8 +345,8 @@ def wants_stream(config):
 
 def _cannot_stream(config) -> str:
     """Why ``config`` cannot run streamed ('' when it can): the checks of PruneConfig's stream option."""
-    if config.method == "iobs":
-        return "method iobs trains the whole model"
+    if config.method == "iobs" or config.finetune_after:
+        return "its dense step trains the whole model"
     if not config.out:
         return "no --out to stream to"
     if config.nproc > 1:

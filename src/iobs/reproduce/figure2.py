@@ -40,6 +40,10 @@ def plot(runs: list[dict], model: str):
         for ax, c in zip(row, table2.CORPORA):
             key = f"ppl:{c}"
             ax.plot([h["iteration"] for h in its], [h["metrics"][key] for h in its], "o-", label="I-OBS")
+            if "control" in r:  # round k of the control at the iteration whose dense step it mirrors
+                cits = [h for h in r["control"]["history"] if h["iteration"] >= 1]
+                xs, ys = [h["iteration"] for h in cits], [h["metrics"][key] for h in cits]
+                ax.plot(xs, ys, "s--", label="SparseGPT + masked fine-tuning (control)")
             if dense is not None:
                 ax.axhline(dense["metrics"][key], ls="--", c="gray", label="dense")
             ax.plot(
@@ -64,22 +68,32 @@ def experiment(cfg: Figure2Config) -> list[dict]:
 def render(runs: list[dict], cfg: Figure2Config, seconds: float, env: dict) -> dict:
     """The history plots, figure2.png and the per-iteration rows as figure2.json and figure2.md."""
     setting = table2.parse_setting(cfg.settings[0])
-    rows = [
-        {
-            "pattern": r["pattern"],
-            "iteration": h["iteration"],
-            **table2.ppl(h["metrics"]),
-            "best": "★" if h["iteration"] == r["best_iteration"] else "",
-        }
-        for r in runs
-        for h in r["history"]
-    ]
+    rows = [_row(r, h) for r in runs for h in r["history"]]
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    rows = [{c: row.get(c, "") for c in cols} for row in rows]
     text = f"# Figure 2 analog ({table2._label(setting)})\n\n" + markdown_table(rows)
+    text += (
+        "\ncontrol = SparseGPT one-shot, then the same dense steps on the same windows with the one-shot "
+        "mask held (round t − 1 at iteration t); ÷ control = I-OBS over the control at the same iteration\n"
+    )
     return table2.history_plots(runs, cfg.model) | {
         "figure2.png": plot(runs, cfg.model),
         "figure2.json": {"setting": setting, "rows": rows},
         "figure2.md": text,
     }
+
+
+def _row(r: dict, h: dict) -> dict:
+    """One iteration of run ``r``: perplexities, the control's at the same iteration and the ratios."""
+    row = {"pattern": r["pattern"], "iteration": h["iteration"], **table2.ppl(h["metrics"])}
+    c = next((x for x in r.get("control", {}).get("history", []) if x["iteration"] == h["iteration"]), None)
+    if c is not None and h["iteration"] >= 2:
+        for k in ("wiki-test", "news"):
+            row[f"control {k}"] = c["metrics"][f"ppl:{k}"]
+            row[f"÷ control {k}"] = row[k] / c["metrics"][f"ppl:{k}"]
+    if h.get("mask_changed") is not None:
+        row["mask changed"] = h["mask_changed"]
+    return row | {"best": "★" if h["iteration"] == r["best_iteration"] else ""}
 
 
 def run(args) -> int:

@@ -43,8 +43,12 @@ def run_target(cfg, experiment, render, out: str | Path | None = None, bbox: str
 
 
 def history_plot(loop: dict, metrics: list[str], title: str):
-    """The per-iteration figure of an I-OBS loop record (``LoopResult.to_dict()``)."""
+    """The per-iteration figure of an I-OBS loop record (``LoopResult.to_dict()``; its ``control``, when
+    present, drawn beside it)."""
     from iobs.loop import LoopResult, history_figure
 
-    result = LoopResult(history=loop["history"], best=loop["best_iteration"], select=loop["select"])
-    return history_figure(result, metrics=metrics, title=title)
+    def result(d: dict) -> LoopResult:
+        return LoopResult(history=d["history"], best=d["best_iteration"], select=d["select"])
+
+    control = result(loop["control"]) if "control" in loop else None
+    return history_figure(result(loop), metrics=metrics, title=title, control=control)

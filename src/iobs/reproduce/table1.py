@@ -8,7 +8,10 @@ pruned one by one with SparseGPT (:func:`iobs.prune.walk.prune_module`) inside t
 (:func:`iobs.loop.run_iobs`): every iteration draws fresh calibration images, takes a dense step
 (default: the layer-wise preconditioned Newton step) and re-projects. The dense model is row 0; the iteration
 with the best validation accuracy is starred (selection never looks at the test images). Target: the
-selected iteration beats iteration 1 on test top-1.
+selected iteration beats iteration 1 on test top-1. Beside it (``--control``, on by default) the
+fine-tuning control: SparseGPT, then the same T − 1 dense steps on the same images with the SparseGPT
+mask held and no re-projection (masked Newton = the restricted Newton step on the kept weights), best
+round by validation; the table gives its top-1 at every iteration and the difference I-OBS − control.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Table1Config:
     test_fraction: float = option(0.4, "--images: share per class for test")
     seed: int = option(0)
     device: str = option("auto")
+    control: bool = option(True, "also the control: SparseGPT + the same dense steps with the mask held")
     quick: bool = option(False, "at most 5 iterations (about half the time)")
     out: str = option("runs/table1", "output folder")
 
@@ -185,9 +189,10 @@ def _layer_sparsity(model, include, exclude) -> dict[str, float]:
     return {n: float((get_weight(m) == 0).sum()) / get_weight(m).numel() for n, m in layers.items()}
 
 
-def _iobs(model, cfg: Table1Config, src: dict, include, dev):
+def _iobs(model, cfg: Table1Config, src: dict, include, dev, control: bool = False):
     """I-OBS on ``model`` in place: iteration t draws ``nsamples`` fresh images (seed·1000 + t), takes the
-    dense step and re-prunes every layer with SparseGPT; the best iteration by validation top-1 is kept."""
+    dense step and re-prunes every layer with SparseGPT; the best iteration by validation top-1 is kept.
+    ``control``: iteration t > 1 takes the same dense step with iteration 1's mask held, no re-projection."""
     from iobs.loop import run_iobs
     from iobs.prune.dense_step import classification_loss, dense_step
     from iobs.prune.solve import LayerSolver
@@ -207,12 +212,24 @@ def _iobs(model, cfg: Table1Config, src: dict, include, dev):
         b = cfg.batch_size
         return [(X[i : i + b].to(dev), y[i : i + b].to(dev)) for i in range(0, len(X), b)]
 
+    def weights(m):
+        return {n: layer.weight for n, layer in _layers(m, include, cfg.exclude).items()}
+
+    held = {}  # the control's mask (iteration 1's)
+
     def project(m, batches, t):
+        if control and t > 1:
+            return [
+                {"kept": int((W != 0).sum()), "numel": W.numel(), "error": 0.0} for W in weights(m).values()
+            ]
         X, solver = [b[0] for b in batches], LayerSolver("sparsegpt", cfg.sparsity)
         return prune_module(m, X, solver, include=include, exclude=cfg.exclude, progress=False)
 
     def step(m, batches, t):
         extra = {"seed": t} if cfg.dense_step == "finetune" else {}
+        if control and cfg.dense_step != "none":
+            held.setdefault("masks", {n: W.detach() != 0 for n, W in weights(m).items()})
+            extra |= {"masks": held["masks"], "pruned_scale": 0.0}
         return dense_step(cfg.dense_step, m, batches, classification_loss, **step_kw, **extra)
 
     def evaluate(m):
@@ -224,7 +241,12 @@ def _iobs(model, cfg: Table1Config, src: dict, include, dev):
         print(f"[{src['name']}] {label}: {top1}", flush=True)
 
     kw = dict(calibration=calibration, project=project, dense_step=step, evaluate=evaluate, on_iteration=show)
+    kw |= dict(weights=weights, label=_control_name) if control else dict(weights=weights)
     return run_iobs(model, iterations=cfg.iterations, select="val_accuracy", mode="max", **kw)
+
+
+def _control_name(t: int) -> str:
+    return "SparseGPT" if t == 1 else f"SparseGPT + masked step ({t - 1})"
 
 
 def experiment(cfg: Table1Config) -> dict:
@@ -246,6 +268,8 @@ def experiment(cfg: Table1Config) -> dict:
         records.append(rec)
     out = {k: src[k] for k in ("name", "title", "info", "dense_note")} | {"records": records}
     out |= {"loop": res.to_dict(), "layer_sparsity": _layer_sparsity(pruned, include, cfg.exclude)}
+    if cfg.control:
+        out["control"] = _iobs(copy.deepcopy(src["model"]), cfg, src, include, dev, control=True).to_dict()
     return out | {"n_val": len(src["val"][1]), "n_test": len(src["test"][1])}
 
 
@@ -277,6 +301,7 @@ def render(result: dict, cfg: Table1Config, seconds: float, env: dict) -> dict:
         | {"best": "*" if r["selected"] else ""}
         for r in records
     ]
+    control = _control_rows(result.get("control"), rows, best)
     s = f"{100 * cfg.sparsity:g}%"
     md = (
         f"# Table 1 analog: {result['title']}, {s} uniform sparsity on attention and MLP Linear layers\n\n"
@@ -285,13 +310,33 @@ def render(result: dict, cfg: Table1Config, seconds: float, env: dict) -> dict:
         f"chosen on validation ({result['n_val']} images), test on {result['n_test']} images.\n\n"
         + markdown_table(rows, floatfmt=".2f")
         + f"\nTarget (best iteration {best} beats iteration 1 on test top-1: {acc[best]:.2f} vs "
-        f"{acc[1]:.2f}): {'PASS' if acc[best] > acc[1] else 'MISS'}\n"
+        f"{acc[1]:.2f}): {'PASS' if acc[best] > acc[1] else 'MISS'}\n" + control
     )
     title = f"{result['name']}: top-1 per I-OBS iteration ({s} sparsity)"
     report = {"config": to_dict(cfg), "reference": result["info"], "loop": result["loop"]}
+    if "control" in result:
+        report["control"] = result["control"]
     report |= {"layer_sparsity": result["layer_sparsity"], "seconds": seconds, "environment": env}
-    plot = history_plot(result["loop"], ["accuracy", "val_accuracy"], title)
+    loop = result["loop"] | ({"control": result["control"]} if "control" in result else {})
+    plot = history_plot(loop, ["accuracy", "val_accuracy"], title)
     return {"results.json": records, "table.md": md, "table1.png": plot, "report.json": report}
+
+
+def _control_rows(control: dict | None, rows: list[dict], best: int) -> str:
+    """Adds the control's top-1 at each iteration to ``rows``; the verdict line I-OBS − control."""
+    if control is None:
+        return ""
+    hist = {h["iteration"]: h for h in control["history"] if h["iteration"] >= 1}
+    for row, t in zip(rows[1:], sorted(hist)):
+        row["control test top-1"] = 100 * hist[t]["metrics"]["accuracy"]
+        row["control best"] = "*" if t == control["best_iteration"] else ""
+    c = 100 * hist[control["best_iteration"]]["metrics"]["accuracy"]
+    i = rows[best]["test top-1"]
+    return (
+        f"\nControl (SparseGPT, then the same dense steps on the same images with the mask held; best round "
+        f"{control['best_iteration'] - 1} by validation): test top-1 {c:.2f}; I-OBS − control = {i - c:+.2f} "
+        "points.\n"
+    )
 
 
 def run(args) -> int:

@@ -4,8 +4,11 @@ For every sparsity pattern and every dense-step setting tried, one I-OBS run of 
 1 = one-shot SparseGPT) records perplexity on wiki-val (selection), wiki-test and news (report) after
 each iteration; all corpora are scored on the same capped windows in every row. Rows of the table:
 Dense, SparseGPT (= iteration 1), I-OBS(T≤3) = the best of iterations 1..3 by wiki-val, for the
-setting chosen on wiki-val; every setting tried is listed too. Finished runs are saved one file each
-and skipped on a rerun, and each run resumes from its last finished iteration.
+setting chosen on wiki-val; every setting tried is listed too. Beside every I-OBS(T) run, its
+fine-tuning control: SparseGPT one-shot, then T − 1 rounds of the same dense step on the same windows
+with the one-shot mask held (``--finetune-after T-1``, best round by wiki-val), and the ratio
+I-OBS ÷ control per corpus. Finished runs are saved one file each and skipped on a rerun, and each run
+resumes from its last finished iteration.
 """
 
 from __future__ import annotations
@@ -102,26 +105,38 @@ def _report(name: str):
     return show
 
 
-def _prune_lm(cfg: Table2Config, pattern: str, setting: dict, name: str, evaluate_dense: bool):
-    """The model pruned by I-OBS with ``setting``'s dense step (resumable under ``out/state/<name>``)."""
+def _prune_lm(cfg: Table2Config, pattern: str, setting: dict, name: str, evaluate_dense: bool, control=False):
+    """The model pruned by I-OBS with ``setting``'s dense step, or its control (resumable under
+    ``out/state/<name>``)."""
     from iobs.models import load_model
     from iobs.prune.config import PruneConfig
-    from iobs.prune.iobs_lm import iobs_prune_lm
+    from iobs.prune.iobs_lm import finetune_prune_lm, iobs_prune_lm
 
     model, tok = load_model(cfg.model, dtype=torch.float32)
     # what determines the weights (the iteration count is left out so a rerun can extend a run)
     key = json.dumps([{k: getattr(cfg, k) for k in ("model", "nsamples", "seqlen", "windows", "seed")}, name])
-    kw = dict(iterations=cfg.iterations, nsamples=cfg.nsamples, seqlen=cfg.seqlen, seed=cfg.seed)
+    kw = dict(nsamples=cfg.nsamples, seqlen=cfg.seqlen, seed=cfg.seed)
     kw |= dict(validation=list(CORPORA), val_max_windows=cfg.windows, device=cfg.device)
-    prune = PruneConfig(model=cfg.model, method="iobs", **_pattern_kwargs(pattern), **kw, **setting)
+    if control:
+        kw |= dict(method="sparsegpt", finetune_after=cfg.iterations - 1)
+    else:
+        kw |= dict(method="iobs", iterations=cfg.iterations)
+    prune = PruneConfig(model=cfg.model, **_pattern_kwargs(pattern), **kw, **setting)
     kw = dict(state_dir=Path(cfg.out) / "state" / name, state_key=key, on_iteration=_report(name))
-    return iobs_prune_lm(model, tok, prune, select=SELECT, progress=True, evaluate_dense=evaluate_dense, **kw)
+    run = finetune_prune_lm if control else iobs_prune_lm
+    return run(model, tok, prune, select=SELECT, progress=True, evaluate_dense=evaluate_dense, **kw)
 
 
 def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict:
-    """One I-OBS run; its history (all corpora per iteration) is saved to ``out/runs/<name>.json``.
-    ``dense`` holds the dense model's entry per evaluation setup, evaluated once and shared by the runs."""
+    """One I-OBS run and its control (``run["control"]``); each history (all corpora per iteration) is
+    saved to ``out/runs/<name>.json``. ``dense`` holds the dense model's entry per evaluation setup,
+    evaluated once and shared by the runs."""
     name = f"{pattern.replace(':', 'of')}_" + "_".join(f"{k}-{v}" for k, v in setting.items())
+    run = _run_saved(cfg, pattern, setting, dense, name, control=False)
+    return run | {"control": _run_saved(cfg, pattern, setting, dense, f"{name}_control", control=True)}
+
+
+def _run_saved(cfg: Table2Config, pattern: str, setting: dict, dense: dict, name: str, control: bool) -> dict:
     path = Path(cfg.out) / "runs" / f"{name}.json"
     if path.exists():
         done = json.loads(path.read_text())
@@ -129,7 +144,7 @@ def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict
             return done
     t0 = time.perf_counter()
     dense_key = json.dumps([cfg.model, cfg.seqlen, cfg.windows])
-    res = _prune_lm(cfg, pattern, setting, name, evaluate_dense=dense_key not in dense)
+    res = _prune_lm(cfg, pattern, setting, name, evaluate_dense=dense_key not in dense, control=control)
     if dense_key in dense and res.history[0]["iteration"] != 0:
         res.history.insert(0, dense[dense_key])
     dense.setdefault(dense_key, res.history[0])
@@ -140,7 +155,8 @@ def run_one(cfg: Table2Config, pattern: str, setting: dict, dense: dict) -> dict
 
 
 def history_plots(runs: list[dict], model: str) -> dict:
-    """``history_<name>.png`` per run: perplexity on every corpus per iteration, the best starred."""
+    """``history_<name>.png`` per run: perplexity on every corpus per iteration (its control dashed), the
+    best starred, and the diagnostics (mask change, re-projection error, losses)."""
     metrics = [f"ppl:{c}" for c in CORPORA]
     titles = [
         f"I-OBS on {model}, {r['pattern']}, {r['setting']['dense_step']} (best by wiki-val)" for r in runs
@@ -148,8 +164,23 @@ def history_plots(runs: list[dict], model: str) -> dict:
     return {f"history_{r['name']}.png": history_plot(r, metrics, t) for r, t in zip(runs, titles)}
 
 
+def _best(run: dict, max_t: int) -> dict:
+    """The entry of the best iteration ≤ max_t by wiki-val (the control: rounds ≤ max_t − 1)."""
+    its = [h for h in run["history"] if 1 <= h["iteration"] <= max_t and h.get("finite", True)]
+    return min(its, key=lambda h: h["metrics"][SELECT])
+
+
+def _vs_control(row: dict, run: dict, max_t: int) -> dict:
+    """``row`` with I-OBS ÷ control per test corpus (when the run has its control)."""
+    if "control" not in run:
+        return row
+    c = _best(run["control"], max_t)["metrics"]
+    return row | {f"÷ control {k}": row[k] / c[f"ppl:{k}"] for k in ("wiki-test", "news")}
+
+
 def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]:
-    """(main rows, all-settings rows). I-OBS(T) = best iteration ≤ max_t by wiki-val, reported on test."""
+    """(main rows, all-settings rows). I-OBS(T) = best iteration ≤ max_t by wiki-val, reported on test;
+    the control of the chosen setting beside it, and I-OBS ÷ control per corpus."""
     main, tried = [], []
     by_pattern: dict[str, list[dict]] = {}
     for r in runs:
@@ -159,19 +190,23 @@ def summarize(runs: list[dict], max_t: int = 3) -> tuple[list[dict], list[dict]]
         one_shot = next(h for h in rs[0]["history"] if h["iteration"] == 1)["metrics"]
         best_rows = []
         for r in rs:
-            its = [h for h in r["history"] if 1 <= h["iteration"] <= max_t and h.get("finite", True)]
-            b = min(its, key=lambda h: h["metrics"][SELECT])
+            b = _best(r, max_t)
             row = {"pattern": pattern, "setting": _label(r["setting"]), "best_iter": b["iteration"]}
-            row |= ppl(b["metrics"])
+            row = _vs_control(row | ppl(b["metrics"]), r, max_t)
             tried.append(row)
-            best_rows.append(row)
-        chosen = min(best_rows, key=lambda row: row["wiki-val"])
+            best_rows.append((row, r))
+        chosen, run = min(best_rows, key=lambda pair: pair[0]["wiki-val"])
         main.append({"pattern": pattern, "method": "Dense", **ppl(dense)})
         main.append({"pattern": pattern, "method": "SparseGPT (iteration 1)", **ppl(one_shot)})
+        if "control" in run:
+            b = _best(run["control"], max_t)
+            label = f"SparseGPT + masked {_label(run['setting'])} ({b['label']}, control)"
+            main.append({"pattern": pattern, "method": label, **ppl(b["metrics"])})
         gain = {c: 100 * (1 - chosen[c] / one_shot[f"ppl:{c}"]) for c in ("wiki-test", "news")}
         method = f"I-OBS({max_t}) [{chosen['setting']}, best it. {chosen['best_iter']}]"
         row = {"pattern": pattern, "method": method, **{c: chosen[c] for c in CORPORA}}
         row |= {"gain wiki-test %": gain["wiki-test"], "gain news %": gain["news"]}
+        row = _vs_control(row, run, max_t)
         main.append(row | {"target ≥3 %": "PASS" if min(gain.values()) >= 3 else "MISS"})
     return main, tried
 
@@ -201,11 +236,15 @@ def render(runs: list[dict], cfg: Table2Config, seconds: float, env: dict) -> di
         f"(same windows in every row); selection on wiki-val, report on wiki-test and news\n\n"
     )
     cols = ["pattern", "method", *CORPORA, "gain wiki-test %", "gain news %", "target ≥3 %"]
+    cols += [c for c in ("÷ control wiki-test", "÷ control news") if any(c in r for r in main)]
     text = (
         header
         + markdown_table(main, cols)
         + "\n## Every dense-step setting tried\n\n"
         + markdown_table(tried)
+        + "\ngain = I-OBS below SparseGPT one-shot; ÷ control = I-OBS perplexity over its fine-tuning "
+        "control's (same windows, dense steps, optimiser and lr; one-shot mask held; best round by "
+        "wiki-val)\n"
     )
     settings = [parse_setting(s) for s in cfg.settings]
     results = {"config": to_dict(cfg) | {"settings": settings}, "environment": env, "seconds": seconds}
